@@ -1,0 +1,223 @@
+"""The shapes every plugin component fits, as runtime-checkable protocols.
+
+Each docstring states the invariants the contract suite (``kernel_contracts``) tests.
+The protocols are structural: a class fits by having the members, not by inheriting.
+Tensors are ``torch.Tensor``; this module does not import torch so ``import kernel``
+stays light.
+
+Shapes use ``B`` for batch, ``C`` for channels and ``*S`` for the spatial or
+spatio-temporal dims (``H, W`` for images, ``F, H, W`` for video, ``T`` or
+``H, W`` spectrograms for audio), so one protocol covers images, video and audio.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Configurable(Protocol):
+    """Anything with a frozen ``config`` that ``from_config(config)`` rebuilds.
+
+    Invariants: ``type(x).from_config(x.config)`` behaves identically to ``x``;
+    ``save_config(dir)`` then ``from_pretrained(dir)`` gives the same config.
+    """
+
+    config: Any
+
+    @classmethod
+    def from_config(cls, config: Any = None, **overrides: Any) -> Any: ...
+
+    def save_config(self, save_directory: Any, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class Scheduler(Configurable, Protocol):
+    """Turns a model output into the next, less noisy sample.
+
+    Fits discrete-time schedulers (DDPM, DDIM, DPM-Solver ...; ``timesteps`` are integer
+    or fractional indices in ``[0, num_train_timesteps)``, descending) and flow-matching
+    schedulers (``timesteps = sigma * num_train_timesteps`` with sigma in ``(0, 1]``,
+    descending).
+
+    Invariants:
+
+    * after ``set_timesteps(n)``, ``len(timesteps) == n * order`` for multi-stage solvers
+      that evaluate the model ``order`` times per step (Heun, KDPM2: ``2n - 1``), ``n`` otherwise;
+      every timestep lies in ``[0, num_train_timesteps)``; ``timesteps`` is non-increasing;
+    * ``scale_model_input(sample, t)`` keeps shape and dtype;
+    * ``step(model_output, t, sample, generator=g)`` keeps shape and dtype of ``sample``,
+      never changes its inputs in place, and gives identical results for identically seeded
+      generators;
+    * ``add_noise(x0, noise, t)`` keeps shape; at the least noisy timestep it is close to ``x0``;
+    * with the exact model output for its ``prediction_type`` (true noise, true velocity, true
+      x0), a deterministic scheduler's loop from ``add_noise(x0, noise, timesteps[0])`` (scaled
+      by ``init_noise_sigma`` for sigma-based ones) ends close to ``x0``;
+    * ``from_config(config)`` round trip and ``save_config``/``from_pretrained`` round trip.
+    """
+
+    order: int
+    timesteps: Any
+    init_noise_sigma: float
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None: ...
+
+    def scale_model_input(self, sample: Any, timestep: Any = None) -> Any: ...
+
+    def step(self, model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> Any: ...
+
+
+@runtime_checkable
+class Denoiser(Configurable, Protocol):
+    """A noise-prediction network: UNet (SD, SDXL) or transformer (SD3/Flux MMDiT, PixArt, CogVideoX).
+
+    ``forward(sample, timestep, encoder_hidden_states=None, ..., return_dict=True)`` returns an
+    output whose first field (``.sample``) is the prediction.
+
+    Invariants:
+
+    * output shape is ``(B, config.out_channels, *S)`` for an input ``(B, in_channels, *S)``
+      (packed-token models such as Flux: ``(B, N, out_channels)`` for ``(B, N, in_channels)``);
+    * batch independence: running a batch equals running its items one by one;
+    * deterministic in eval mode; output dtype follows the parameters' dtype;
+    * ``save_pretrained`` then ``from_pretrained`` gives identical outputs;
+    * gradients reach every trainable parameter;
+    * ``torch.compile(fullgraph=True)`` compiles the forward without graph breaks.
+    """
+
+    dtype: Any
+    device: Any
+
+    def forward(self, sample: Any, timestep: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any: ...
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class Autoencoder(Configurable, Protocol):
+    """Maps pixels (or audio/video frames) to latents and back.
+
+    ``encode(x).latent_dist`` (or ``.latents``) and ``decode(z).sample``.
+
+    Invariants:
+
+    * ``encode`` of ``(B, in_channels, *S)`` gives ``(B, latent_channels, *S / scale)`` where
+      ``scale = 2 ** (len(block_out_channels) - 1)``; ``decode`` inverts the shape;
+    * ``config.scaling_factor`` (and ``shift_factor`` where used) exist in the config;
+    * ``enable_slicing()`` gives identical results; ``enable_tiling()`` matches within the
+      tolerance the plugin states.
+    """
+
+    def encode(self, x: Any, return_dict: bool = True) -> Any: ...
+
+    def decode(self, z: Any, return_dict: bool = True, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class Conditioner(Protocol):
+    """Turns prompts into the embeddings a denoiser attends to.
+
+    ``encode_prompt(prompt, ...)`` returns ``(prompt_embeds, pooled_or_None, ...)``.
+
+    Invariants:
+
+    * embeddings have shape ``(B, L, D)`` for ``B`` prompts, the same ``L`` for every item of a
+      batch (padding), and pooled outputs ``(B, D')`` where the conditioner declares them;
+    * prompts longer than the token limit are handled as the conditioner documents
+      (truncated, or chunked and concatenated);
+    * deterministic.
+    """
+
+    def encode_prompt(self, prompt: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """A removable change to a model's weights or forward (LoRA, IP-Adapter, ControlNet, ...).
+
+    Invariants: ``apply(model)`` then ``remove(model)`` restores the exact original weights and
+    outputs; an adapter at scale 0 gives the same outputs as no adapter.
+    """
+
+    def apply(self, model: Any, scale: float = 1.0) -> Any: ...
+
+    def remove(self, model: Any) -> Any: ...
+
+
+@runtime_checkable
+class Quantizer(Protocol):
+    """Replaces a module's weights by a compact representation.
+
+    Invariants: the quantized module's outputs are within the tolerance the quantizer states of
+    full precision; its weight memory shrinks by the stated factor; ``dequantize`` restores the
+    original dtype.
+    """
+
+    def quantize(self, module: Any) -> Any: ...
+
+    def dequantize(self, module: Any) -> Any: ...
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """A set of components with a ``__call__`` that generates images, video or audio.
+
+    Invariants: every ``output_type`` (``pil``, ``np``, ``pt``, ``latent``) works;
+    ``num_images_per_prompt`` multiplies the batch; the same seed gives the same output; a list of
+    generators gives per-item reproducibility; ``callback_on_step_end`` sees each step and can
+    interrupt; invalid arguments raise ``ValueError``.
+    """
+
+    components: dict
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any: ...
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any: ...
+
+
+PROTOCOLS = {
+    "scheduler": Scheduler,
+    "denoiser": Denoiser,
+    "autoencoder": Autoencoder,
+    "conditioner": Conditioner,
+    "adapter": Adapter,
+    "quantizer": Quantizer,
+    "pipeline": Pipeline,
+}
+
+
+def kind_of(component: Any) -> str | None:
+    """Which protocol a class or instance fits (most specific first), or ``None``."""
+    for name in ("scheduler", "pipeline", "autoencoder", "denoiser", "adapter", "quantizer", "conditioner"):
+        proto = PROTOCOLS[name]
+        members = [m for m in _members(proto)]
+        if isinstance(component, type):
+            if all(hasattr(component, m) for m in members if not _is_data(proto, m)):
+                return name
+        elif isinstance(component, proto):
+            return name
+    return None
+
+
+def _members(proto: type) -> list[str]:
+    attrs = set()
+    for base in proto.__mro__:
+        if base in (Protocol, object) or not getattr(base, "_is_protocol", False):
+            continue
+        attrs.update(k for k in base.__dict__ if not k.startswith("_"))
+        attrs.update(getattr(base, "__annotations__", {}))
+    return sorted(attrs)
+
+
+def _is_data(proto: type, member: str) -> bool:
+    return any(member in getattr(b, "__annotations__", {}) for b in proto.__mro__)
