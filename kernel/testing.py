@@ -1,0 +1,107 @@
+"""Helpers for plugin tests: compare a component against a reference implementation.
+
+The reference is passed in (tests use Diffusers as the oracle); this module imports no
+reference library itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+
+
+def fake_model_output(sample: torch.Tensor, t: Any, i: int) -> torch.Tensor:
+    """A smooth, deterministic stand-in for a model: depends on the sample, the timestep and the step."""
+    t_val = float(t) if not isinstance(t, torch.Tensor) else float(t.float().mean())
+    return 0.3 * sample + 0.05 * torch.sin(torch.arange(sample.numel(), dtype=sample.dtype).reshape(sample.shape)
+                                           + t_val / 100.0 + i)
+
+
+def _call(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    params = inspect.signature(fn).parameters
+    accepts_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in kwargs.items() if accepts_var_kw or k in params}
+    return fn(*args, **kwargs)
+
+
+def scheduler_parity(
+    ours: Any,
+    theirs: Any,
+    num_inference_steps: int | None,
+    *,
+    shape: tuple[int, ...] = (2, 3, 8, 8),
+    seed: int = 0,
+    atol: float = 1e-5,
+    set_timesteps_kwargs: dict | None = None,
+    step_kwargs: dict | None = None,
+    model: Callable[[torch.Tensor, Any, int], torch.Tensor] = fake_model_output,
+    dtype: torch.dtype = torch.float32,
+) -> int:
+    """Run the same denoising loop through two schedulers and assert equal timesteps and samples.
+
+    Both schedulers get the same ``set_timesteps`` arguments, the same model outputs and
+    identically seeded generators.  Returns the number of steps compared.
+    """
+    set_kwargs = dict(set_timesteps_kwargs or {})
+    if num_inference_steps is not None:
+        set_kwargs["num_inference_steps"] = num_inference_steps
+    ours.set_timesteps(**set_kwargs)
+    theirs.set_timesteps(**set_kwargs)
+    t_ours, t_theirs = ours.timesteps, theirs.timesteps
+    assert len(t_ours) == len(t_theirs), f"timestep count {len(t_ours)} != reference {len(t_theirs)}"
+    torch.testing.assert_close(
+        torch.as_tensor(t_ours).double(), torch.as_tensor(t_theirs).double(), atol=1e-4, rtol=0,
+        msg=lambda m: f"timesteps differ: ours={list(t_ours)} ref={list(t_theirs)}\n{m}",
+    )
+    for attr in ("sigmas",):
+        if hasattr(theirs, attr) and isinstance(getattr(theirs, attr), torch.Tensor) and hasattr(ours, attr):
+            torch.testing.assert_close(
+                torch.as_tensor(getattr(ours, attr)).double(), getattr(theirs, attr).double(), atol=1e-5, rtol=1e-5
+            )
+    assert float(ours.init_noise_sigma) == float(theirs.init_noise_sigma) or abs(
+        float(ours.init_noise_sigma) - float(theirs.init_noise_sigma)
+    ) < 1e-4 * max(1.0, float(theirs.init_noise_sigma))
+
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randn(shape, generator=g, dtype=dtype) * float(theirs.init_noise_sigma)
+    s_ours, s_theirs = sample.clone(), sample.clone()
+    gen_ours = torch.Generator().manual_seed(seed + 1)
+    gen_theirs = torch.Generator().manual_seed(seed + 1)
+    for i, (ta, tb) in enumerate(zip(t_ours, t_theirs)):
+        in_ours = ours.scale_model_input(s_ours, ta)
+        in_theirs = theirs.scale_model_input(s_theirs, tb)
+        torch.testing.assert_close(in_ours, in_theirs, atol=atol, rtol=0, msg=lambda m: f"scale_model_input step {i}: {m}")
+        out = model(in_theirs, tb, i)
+        kw = dict(step_kwargs or {})
+        res_ours = _call(ours.step, out, ta, s_ours, generator=gen_ours, return_dict=True, **kw)
+        res_theirs = _call(theirs.step, out, tb, s_theirs, generator=gen_theirs, return_dict=True, **kw)
+        torch.testing.assert_close(
+            res_ours.prev_sample, res_theirs.prev_sample, atol=atol, rtol=0, msg=lambda m: f"prev_sample step {i}: {m}"
+        )
+        ref_x0 = getattr(res_theirs, "pred_original_sample", None)
+        if ref_x0 is not None and getattr(res_ours, "pred_original_sample", None) is not None:
+            torch.testing.assert_close(res_ours.pred_original_sample, ref_x0, atol=atol, rtol=0)
+        s_ours, s_theirs = res_ours.prev_sample, res_theirs.prev_sample
+    return len(t_theirs)
+
+
+def add_noise_parity(ours: Any, theirs: Any, shape=(2, 3, 8, 8), atol: float = 1e-5) -> None:
+    """``add_noise`` at a few timesteps of the current schedule gives the same tensors."""
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(shape, generator=g)
+    noise = torch.randn(shape, generator=g)
+    ts = theirs.timesteps
+    picks = [ts[0], ts[len(ts) // 2], ts[-1]]
+    for t in picks:
+        t_batch = torch.stack([t] * shape[0]) if isinstance(t, torch.Tensor) else torch.tensor([t] * shape[0])
+        a = ours.add_noise(x0, noise, t_batch.clone())
+        b = theirs.add_noise(x0, noise, t_batch.clone())
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+def config_kwargs_for(cls: type, config: dict) -> dict:
+    """Keep only the keys ``cls.__init__`` takes (for building a reference with the same config)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in config.items() if k in params}
