@@ -1,0 +1,101 @@
+"""The front door: :func:`load` and :func:`sampler`."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from kernel.registry import ComponentNotFoundError, get_registry
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the family it was asked to load as."""
+
+
+def _pipeline_base():
+    from kernel.pipeline import Pipeline
+
+    return Pipeline
+
+
+def _component_params(cls: type) -> set[str]:
+    return {n for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
+
+
+def check_fits(family: str, family_cls: type, index: dict) -> None:
+    """Raise :class:`CheckpointMismatchError` when ``index`` cannot be loaded as ``family``."""
+    source_class = index.get("_class_name", "?")
+    components = {k for k, v in index.items() if isinstance(v, (list, tuple)) and not k.startswith("_")}
+    required = {
+        n
+        for n, p in inspect.signature(family_cls.__init__).parameters.items()
+        if n != "self" and p.default is inspect.Parameter.empty and n not in getattr(family_cls, "_optional_components", [])
+        and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+    missing = sorted(required - components)
+    if missing:
+        raise CheckpointMismatchError(
+            f"the checkpoint is a {source_class}, which does not fit family {family!r} "
+            f"({family_cls.__name__}): it lacks {', '.join(missing)}"
+        )
+    reasons = [r for r in get_registry().hook.kernel_check_fits(family=family, model_index=index) if r]
+    if reasons:
+        raise CheckpointMismatchError(f"the checkpoint does not fit family {family!r}: {'; '.join(reasons)}")
+
+
+def load(family_or_source: str | os.PathLike, source: str | os.PathLike | None = None, **kwargs: Any):
+    """``load(source)`` detects the pipeline; ``load(family, source)`` checks the family fits first."""
+    Pipeline = _pipeline_base()
+    registry = get_registry()
+    if source is None:
+        return Pipeline.from_pretrained(family_or_source, **kwargs)
+    family = str(family_or_source)
+    try:
+        family_cls = registry.resolve(family, "kernel.aliases")
+    except ComponentNotFoundError:
+        if registry.has(family):  # a pipeline class name works as a family too
+            family_cls = registry.resolve(family)
+        else:
+            raise
+    hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+    index = Pipeline.load_model_index(source, **hub)
+    check_fits(family, family_cls, index)
+    return family_cls.from_pretrained(source, **kwargs)
+
+
+def sampler_names() -> list[str]:
+    catalogue = get_registry().samplers()
+    names = []
+    for name in catalogue:
+        display = getattr(catalogue[name], "display_name", None)
+        names.append(display or name)
+    return sorted(names, key=str.lower)
+
+
+def sampler(name: str, config: Any = None) -> Any:
+    """A scheduler configured as the named A1111 sampler, or a scheduler class name built from ``config``."""
+    if not isinstance(name, str):
+        raise TypeError(f"sampler name must be a string, got {type(name).__name__}")
+    if config is not None and not isinstance(config, dict) and hasattr(config, "config"):
+        config = config.config
+    registry = get_registry()
+    catalogue = registry.samplers()
+    factory = catalogue.get(name.strip().lower())
+    if factory is not None:
+        return factory(dict(config) if config is not None else None)
+    if registry.has(name):
+        cls = registry.resolve(name)
+        if hasattr(cls, "set_timesteps"):
+            return cls.from_config(dict(config) if config is not None else {})
+    known = sampler_names()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5) or difflib.get_close_matches(
+        name.lower(), [k.lower() for k in known], n=3, cutoff=0.5)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise ValueError(f"unknown sampler {name!r}; `kernel samplers` lists the {len(known)} installed ones.{hint}")
+
+
+def is_pipeline_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / "model_index.json").is_file()

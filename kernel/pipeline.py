@@ -1,0 +1,514 @@
+"""The base pipeline: components resolved through the registry, Diffusers' folder layout.
+
+A pipeline folder holds ``model_index.json`` plus one subfolder per component::
+
+    {"_class_name": "StableDiffusionPipeline",
+     "unet": ["diffusers", "UNet2DConditionModel"],
+     "text_encoder": ["transformers", "CLIPTextModel"],
+     "safety_checker": [null, null],
+     "requires_safety_checker": false, ...}
+
+``["diffusers", X]`` resolves ``X`` through the plugin registry, ``["transformers", X]``
+through transformers; other (non-list) entries are constructor arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kernel.config import ConfigMixin, read_json
+from kernel.hub import is_local, resolve_file, resolve_folder, split_hub_kwargs
+
+logger = logging.getLogger(__name__)
+
+#: Libraries a model_index.json may name, and how to import their classes.
+TRANSFORMERS = "transformers"
+OUR_LIBRARY_NAMES = ("diffusers", "kernel")
+
+
+def _library_of(obj: Any) -> str:
+    """What to write in model_index.json for a component object."""
+    from kernel.registry import get_registry
+
+    name = type(obj).__name__
+    module = type(obj).__module__.split(".")[0]
+    if module == TRANSFORMERS:
+        return TRANSFORMERS
+    if get_registry().has(name):
+        return "diffusers"  # Diffusers resolves its own class of the same name
+    return module
+
+
+def resolve_class(library: str | None, class_name: str | None, *, component: str, trust_remote_code: bool = False):
+    """The class a ``[library, class_name]`` model_index entry names."""
+    if library is None or class_name is None:
+        return None
+    if library in OUR_LIBRARY_NAMES:
+        from kernel.registry import get_registry
+
+        return get_registry().resolve(class_name)
+    if library == TRANSFORMERS:
+        import transformers
+
+        try:
+            return getattr(transformers, class_name)
+        except AttributeError:
+            raise ValueError(
+                f"model_index.json component {component!r} names transformers.{class_name}, "
+                "which this transformers version does not have"
+            ) from None
+    if not trust_remote_code:
+        raise ValueError(
+            f"model_index.json component {component!r} names {library}.{class_name}; loading code from "
+            f"library {library!r} needs trust_remote_code=True"
+        )
+    import importlib
+
+    return getattr(importlib.import_module(library), class_name)
+
+
+def _is_scheduler_class(cls: Any) -> bool:
+    return isinstance(cls, type) and hasattr(cls, "set_timesteps") and hasattr(cls, "step")
+
+
+class Pipeline(ConfigMixin):
+    """Base of every pipeline.
+
+    Subclasses call ``self.register_modules(unet=unet, ...)`` in ``__init__`` and may set
+    ``_optional_components``, ``model_cpu_offload_seq`` (``"text_encoder->unet->vae"``),
+    ``_callback_tensor_inputs`` and ``_exclude_from_cpu_offload``.
+    """
+
+    config_name = "model_index.json"
+    _optional_components: list[str] = []
+    model_cpu_offload_seq: str | None = None
+    _callback_tensor_inputs: list[str] = ["latents"]
+    _exclude_from_cpu_offload: list[str] = []
+
+    # ---------------------------------------------------------------- registration
+    def register_modules(self, **modules: Any) -> None:
+        for name, module in modules.items():
+            entry = [None, None] if module is None else [_library_of(module), type(module).__name__]
+            self.register_to_config(**{name: entry})
+            object.__setattr__(self, name, module)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        internal = self.__dict__.get("_internal_dict")
+        if internal is not None and isinstance(internal.get(name), (list, tuple)) and name in self._component_names():
+            entry = [None, None] if value is None else [_library_of(value), type(value).__name__]
+            self.register_to_config(**{name: entry})
+        object.__setattr__(self, name, value)
+
+    @classmethod
+    def _init_parameters(cls) -> dict[str, inspect.Parameter]:
+        params = dict(inspect.signature(cls.__init__).parameters)
+        params.pop("self", None)
+        return {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+    def _component_names(self) -> list[str]:
+        return [k for k, v in self.config.items() if isinstance(v, (list, tuple)) and not k.startswith("_")]
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """Every component by name (the objects themselves, not copies)."""
+        return {name: getattr(self, name, None) for name in self._component_names()}
+
+    def _config_values(self) -> dict[str, Any]:
+        params = self._init_parameters()
+        return {k: v for k, v in self.config.items()
+                if not k.startswith("_") and not isinstance(v, (list, tuple)) and k in params}
+
+    # ---------------------------------------------------------------- devices
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {k: v for k, v in self.components.items() if isinstance(v, torch.nn.Module)}
+
+    @property
+    def device(self) -> torch.device:
+        for module in self._modules().values():
+            return getattr(module, "device", None) or next(module.parameters()).device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for module in self._modules().values():
+            dtype = getattr(module, "dtype", None)
+            if dtype is not None:
+                return dtype
+        return torch.float32
+
+    @property
+    def _execution_device(self) -> torch.device:
+        target = getattr(self, "_offload_device", None)
+        if target is not None:
+            return torch.device(target)
+        return self.device
+
+    def to(self, *args: Any, **kwargs: Any) -> "Pipeline":
+        """``to(device)``, ``to(dtype)``, ``to(device, dtype)`` or keywords, on every module component."""
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        if kwargs:
+            raise TypeError(f"Pipeline.to got unexpected keyword arguments: {sorted(kwargs)}")
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif isinstance(arg, (str, torch.device, int)):
+                device = arg
+            else:
+                raise TypeError(f"Pipeline.to takes a device and/or a torch.dtype, got {arg!r}")
+        if device is not None and getattr(self, "_offload_device", None) is not None:
+            raise ValueError("this pipeline uses CPU offloading; call to(device) before enabling offload, not after")
+        for module in self._modules().values():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    # ---------------------------------------------------------------- progress
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self._progress_bar_config = kwargs
+
+    def progress_bar(self, iterable=None, total=None):
+        from tqdm.auto import tqdm
+
+        config = dict(getattr(self, "_progress_bar_config", {}))
+        if iterable is not None:
+            return tqdm(iterable, **config)
+        if total is not None:
+            return tqdm(total=total, **config)
+        raise ValueError("progress_bar needs iterable= or total=")
+
+    # ---------------------------------------------------------------- callbacks
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
+
+    def check_callback_inputs(self, names: list[str] | None) -> None:
+        if names is None:
+            return
+        unknown = [n for n in names if n not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs names {unknown}, which {type(self).__name__} does not "
+                f"have; accepted: {self._callback_tensor_inputs}"
+            )
+
+    def run_step_callback(self, callback: Any, step: int, timestep: Any, names: list[str] | None,
+                          local_vars: dict) -> dict:
+        """Call ``callback_on_step_end`` with the requested tensors; return what it changed."""
+        if callback is None:
+            return {}
+        kwargs = {n: local_vars[n] for n in (names or [])}
+        out = callback(self, step, timestep, kwargs)
+        return out or {}
+
+    # ---------------------------------------------------------------- memory switches
+    def _each_module_with(self, method: str):
+        for module in self._modules().values():
+            fn = getattr(module, method, None)
+            if callable(fn):
+                yield fn
+
+    def enable_attention_slicing(self, slice_size: int | str | None = "auto") -> None:
+        for fn in self._each_module_with("set_attention_slice"):
+            fn(slice_size)
+
+    def disable_attention_slicing(self) -> None:
+        self.enable_attention_slicing(None)
+
+    def enable_vae_slicing(self) -> None:
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+        """Keep each model on the CPU until it runs, one at a time, through accelerate hooks."""
+        from accelerate import cpu_offload_with_hook
+
+        target = _offload_target(gpu_id, device)
+        self.remove_all_hooks()
+        self.to("cpu")
+        self._offload_device = target
+        order = [n for n in (self.model_cpu_offload_seq or "").split("->") if n]
+        modules = self._modules()
+        names = order + [n for n in modules if n not in order]
+        hook = None
+        self._offload_hooks = []
+        for name in names:
+            module = modules.get(name)
+            if module is None or name in self._exclude_from_cpu_offload:
+                continue
+            _, hook = cpu_offload_with_hook(module, target, prev_module_hook=hook)
+            self._offload_hooks.append(hook)
+        self._offload_kind = "model"
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+        """Keep weights on the CPU and move each submodule's weights only while it runs (least memory)."""
+        from accelerate import cpu_offload
+
+        target = _offload_target(gpu_id, device)
+        self.remove_all_hooks()
+        self.to("cpu")
+        self._offload_device = target
+        for name, module in self._modules().items():
+            if name in self._exclude_from_cpu_offload:
+                module.to(target)
+                continue
+            cpu_offload(module, execution_device=target, offload_buffers=len(module._parameters) > 0)
+        self._offload_kind = "sequential"
+
+    def maybe_free_model_hooks(self) -> None:
+        """After a call under model offload, put every model back on the CPU."""
+        for hook in getattr(self, "_offload_hooks", []) or []:
+            hook.offload()
+
+    def remove_all_hooks(self) -> None:
+        from accelerate.hooks import remove_hook_from_module
+
+        for module in self._modules().values():
+            remove_hook_from_module(module, recurse=True)
+        self._offload_hooks = []
+        self._offload_device = None
+        self._offload_kind = None
+
+    # ---------------------------------------------------------------- images
+    @staticmethod
+    def numpy_to_pil(images: Any) -> list:
+        from kernel.image_processor import VaeImageProcessor
+
+        return VaeImageProcessor.numpy_to_pil(images)
+
+    # ---------------------------------------------------------------- saving
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        **_: Any,
+    ) -> None:
+        """Write every component into its subfolder and ``model_index.json`` last."""
+        folder = Path(save_directory)
+        if folder.is_file():
+            raise ValueError(f"save_directory={str(folder)!r} is a file; give a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, component in self.components.items():
+            if component is None:
+                continue
+            target = folder / name
+            kwargs: dict[str, Any] = {}
+            if isinstance(component, torch.nn.Module):
+                kwargs = {"safe_serialization": safe_serialization, "variant": variant}
+                if max_shard_size is not None:
+                    kwargs["max_shard_size"] = max_shard_size
+            if hasattr(component, "save_pretrained"):
+                component.save_pretrained(target, **kwargs)
+            elif hasattr(component, "save_config"):
+                component.save_config(target)
+            else:
+                raise TypeError(f"component {name!r} ({type(component).__name__}) cannot be saved")
+        self.save_config(folder)
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pipe(cls, pipeline: "Pipeline", **overrides: Any) -> "Pipeline":
+        """Build ``cls`` from another pipeline's components (shared, not copied) plus overrides."""
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(f"from_pipe takes a Pipeline, got {type(pipeline).__name__}")
+        params = cls._init_parameters()
+        available = {**pipeline.components, **{k: v for k, v in pipeline.config.items()
+                                               if not k.startswith("_") and not isinstance(v, (list, tuple))}}
+        unknown = [k for k in overrides if k not in params]
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_pipe got arguments it does not take: {unknown}")
+        kwargs = {}
+        for name, p in params.items():
+            if name in overrides:
+                kwargs[name] = overrides[name]
+            elif name in available:
+                kwargs[name] = available[name]
+            elif p.default is inspect.Parameter.empty:
+                if name in cls._optional_components:
+                    kwargs[name] = None
+                else:
+                    raise ValueError(f"{cls.__name__}.from_pipe needs {name!r}, which {type(pipeline).__name__} lacks")
+        new = cls(**kwargs)
+        if hasattr(pipeline, "_progress_bar_config"):
+            new.set_progress_bar_config(**pipeline._progress_bar_config)
+        return new
+
+    @classmethod
+    def load_model_index(cls, source: str | os.PathLike, **hub_kwargs: Any) -> dict:
+        return read_json(resolve_file(source, cls.config_name, **hub_kwargs), what="model_index.json")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "Pipeline":
+        """Load a pipeline folder or Hub repo; keyword arguments named like a component replace it."""
+        source = pretrained_model_name_or_path
+        hub = split_hub_kwargs(kwargs)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        variant = kwargs.pop("variant", None)
+        device_map = kwargs.pop("device_map", None)
+        use_safetensors = kwargs.pop("use_safetensors", None)
+        trust_remote_code = kwargs.pop("trust_remote_code", False)
+        for ignored in ("low_cpu_mem_usage", "provider", "sess_options"):
+            kwargs.pop(ignored, None)
+
+        index = cls.load_model_index(source, **hub)
+        pipeline_cls = cls._pipeline_class_for(index)
+        params = pipeline_cls._init_parameters()
+        entries = {k: v for k, v in index.items() if not k.startswith("_")}
+        component_names = [k for k, v in entries.items() if isinstance(v, (list, tuple))]
+
+        unknown = [k for k in kwargs if k not in params]
+        if unknown:
+            raise TypeError(f"{pipeline_cls.__name__}.from_pretrained got unexpected arguments: {unknown}; "
+                            f"components and options it takes: {sorted(params)}")
+
+        if not is_local(source):
+            patterns = _download_patterns(index, component_names, kwargs, variant, use_safetensors)
+            folder = resolve_folder(source, allow_patterns=patterns, **hub)
+        else:
+            folder = resolve_folder(source)
+
+        loaded: dict[str, Any] = {}
+        for name in component_names:
+            if name not in params:
+                logger.info("%s does not take component %r; skipped", pipeline_cls.__name__, name)
+                continue
+            library, class_name = (list(entries[name]) + [None, None])[:2]
+            if name in kwargs:
+                loaded[name] = _check_override(name, kwargs.pop(name), library, class_name, trust_remote_code)
+                continue
+            component_cls = resolve_class(library, class_name, component=name, trust_remote_code=trust_remote_code)
+            if component_cls is None:
+                loaded[name] = None
+                continue
+            dtype = torch_dtype.get(name, torch_dtype.get("default")) if isinstance(torch_dtype, dict) else torch_dtype
+            loaded[name] = _load_component(component_cls, folder, name, library, dtype, variant, use_safetensors,
+                                           device_map)
+        # Config values from the index, then user values.
+        for key, value in entries.items():
+            if key in params and key not in loaded and not isinstance(value, (list, tuple)):
+                loaded[key] = value
+        loaded.update(kwargs)
+        for name, p in params.items():
+            if name not in loaded and p.default is inspect.Parameter.empty:
+                if name in pipeline_cls._optional_components:
+                    loaded[name] = None
+                else:
+                    raise ValueError(f"{pipeline_cls.__name__} needs component {name!r}, which "
+                                     f"{source} does not provide (model_index.json has {component_names})")
+        pipe = pipeline_cls(**loaded)
+        if isinstance(device_map, (str, torch.device)) and device_map not in ("balanced", "auto"):
+            pipe.to(device_map)
+        return pipe
+
+    @classmethod
+    def _pipeline_class_for(cls, index: dict) -> type:
+        """The class to build: ``cls`` itself, or the index's class when ``cls`` is generic."""
+        name = index.get("_class_name")
+        if cls is not Pipeline and not getattr(cls, "_is_auto", False):
+            return cls
+        if not isinstance(name, str):
+            raise ValueError("model_index.json has no '_class_name' naming the pipeline class")
+        from kernel.registry import get_registry
+
+        resolved = get_registry().resolve(name)
+        if getattr(cls, "_is_auto", False):
+            return cls._select(resolved)
+        return resolved
+
+
+def _offload_target(gpu_id: int | None, device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    if device.type != "cpu" and device.index is None:
+        device = torch.device(device.type, gpu_id or 0)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CPU offload needs an accelerator: torch.cuda.is_available() is False "
+                         "(pass device='cpu' only to test the hooks)")
+    return device
+
+
+def _check_override(name: str, value: Any, library: str | None, class_name: str | None, trust: bool) -> Any:
+    if value is None:
+        return None
+    expected = None
+    try:
+        expected = resolve_class(library, class_name, component=name, trust_remote_code=trust)
+    except Exception:  # noqa: BLE001 - the plugin may be absent; the override stands on its own
+        expected = None
+    if expected is None:
+        return value
+    if _is_scheduler_class(expected):
+        from kernel.protocols import Scheduler
+
+        if not isinstance(value, Scheduler):
+            raise TypeError(f"component override {name}= must be a scheduler (set_timesteps/step/config), "
+                            f"got {type(value).__name__}")
+        return value
+    if issubclass(expected, torch.nn.Module) and not isinstance(value, torch.nn.Module):
+        raise TypeError(f"component override {name}= must be a torch.nn.Module like {class_name}, "
+                        f"got {type(value).__name__}")
+    if not issubclass(expected, torch.nn.Module) and not isinstance(value, expected) and \
+            type(value).__name__.replace("Fast", "") != class_name.replace("Fast", ""):
+        raise TypeError(f"component override {name}= must be a {class_name}, got {type(value).__name__}")
+    return value
+
+
+def _load_component(component_cls, folder: Path, name: str, library: str | None, dtype, variant, use_safetensors,
+                    device_map):
+    sub = folder / name
+    if not sub.is_dir():
+        raise FileNotFoundError(f"model_index.json lists component {name!r} but {sub} does not exist")
+    if _is_scheduler_class(component_cls) or not hasattr(component_cls, "from_pretrained"):
+        return component_cls.from_pretrained(folder, subfolder=name) if hasattr(component_cls, "from_pretrained") \
+            else component_cls.from_config(read_json(sub / "config.json"))
+    kwargs: dict[str, Any] = {}
+    is_module = isinstance(component_cls, type) and issubclass(component_cls, torch.nn.Module)
+    if is_module:
+        if dtype is not None:
+            kwargs["torch_dtype"] = dtype
+        if variant is not None:
+            kwargs["variant"] = variant
+        if use_safetensors is not None:
+            kwargs["use_safetensors"] = use_safetensors
+        if isinstance(device_map, (str, torch.device)) and str(device_map) not in ("balanced", "auto"):
+            kwargs["device_map"] = device_map
+    if library == TRANSFORMERS:
+        if is_module and variant is not None and not any(sub.glob(f"*.{variant}.*")):
+            kwargs.pop("variant")  # transformers falls back badly; the non-variant weights are the ones present
+        if "torch_dtype" in kwargs:
+            kwargs["dtype"] = kwargs.pop("torch_dtype")
+        if "device_map" in kwargs:
+            kwargs["device_map"] = str(kwargs["device_map"])
+        return component_cls.from_pretrained(str(sub), **kwargs)
+    return component_cls.from_pretrained(folder, subfolder=name, **kwargs)
+
+
+def _download_patterns(index: dict, names: list[str], overrides: dict, variant: str | None,
+                       use_safetensors: bool | None) -> list[str]:
+    """Only the files the pipeline needs: configs, tokenizer files, and the chosen weights."""
+    patterns = ["model_index.json"]
+    for name in names:
+        entry = index.get(name)
+        if name in overrides or not isinstance(entry, (list, tuple)) or entry[0] is None:
+            continue
+        patterns += [f"{name}/*.json", f"{name}/*.txt", f"{name}/*.model"]
+        weights = "*.safetensors" if use_safetensors is not False else "*.bin"
+        if variant:
+            patterns += [f"{name}/*.{variant}.safetensors", f"{name}/*.{variant}*.safetensors",
+                         f"{name}/*.safetensors.index.{variant}.json"]
+        else:
+            patterns += [f"{name}/{weights}"]
+    return patterns
