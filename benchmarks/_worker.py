@@ -1,0 +1,113 @@
+"""One measurement in a fresh process; prints a JSON line {"seconds": ..., "peak_rss_mb": ...}.
+
+Usage: python _worker.py CASE LIB [ARGS_JSON]    (LIB is "ours" or "diffusers")
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load_pipeline(lib: str, folder: str, **kwargs):
+    if lib == "ours":
+        import kernel
+
+        return kernel.load(folder, **kwargs)
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(folder, **kwargs)
+
+
+def case_import(lib: str, args: dict) -> dict:
+    t0 = time.perf_counter()
+    if lib == "ours":
+        import kernel
+
+        if args.get("resolve"):
+            kernel.component(args["resolve"])
+    else:
+        import diffusers
+
+        getattr(diffusers, args["resolve"])
+    return {"seconds": time.perf_counter() - t0}
+
+
+def case_load(lib: str, args: dict) -> dict:
+    import torch
+
+    kwargs = {}
+    if args.get("fp16"):
+        kwargs = {"torch_dtype": torch.float16, "variant": "fp16"}
+    t0 = time.perf_counter()
+    pipe = load_pipeline(lib, args["folder"], **kwargs)
+    seconds = time.perf_counter() - t0
+    assert pipe.unet is not None
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def case_step(lib: str, args: dict) -> dict:
+    import torch
+
+    if lib == "ours":
+        import kernel
+
+        unet = kernel.component("UNet2DConditionModel").from_pretrained(args["folder"], subfolder="unet")
+    else:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(args["folder"], subfolder="unet")
+    unet.eval()
+    g = torch.Generator().manual_seed(0)
+    size = args.get("latent", 64)
+    sample = torch.randn(2, 4, size, size, generator=g)
+    context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    times = []
+    with torch.inference_mode():
+        unet(sample, 500, context)  # warm-up
+        for _ in range(args.get("repeats", 3)):
+            t0 = time.perf_counter()
+            unet(sample, 500, context)
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"seconds": times[len(times) // 2], "peak_rss_mb": peak_rss_mb()}
+
+
+def case_pipeline(lib: str, args: dict) -> dict:
+    import torch
+
+    pipe = load_pipeline(lib, args["folder"])
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(prompt="a red circle", num_inference_steps=args.get("steps", 10), height=args["size"],
+                width=args["size"], output_type="np")
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = pipe(**call, generator=torch.Generator().manual_seed(0))
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "checksum": float(abs(out.images).mean())}
+
+
+def case_cold_start(lib: str, args: dict) -> dict:
+    import torch
+
+    pipe = load_pipeline(lib, args["folder"])
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle", num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    image.save(args["out"])
+    return {"peak_rss_mb": peak_rss_mb()}
+
+
+CASES = {"import": case_import, "load": case_load, "step": case_step, "pipeline": case_pipeline,
+         "cold_start": case_cold_start}
+
+if __name__ == "__main__":
+    case, lib = sys.argv[1], sys.argv[2]
+    args = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    print(json.dumps(CASES[case](lib, args)))
