@@ -1,0 +1,20 @@
+"""CLIP prompt conditioning for kernel (see :mod:`kernel_clip.conditioner`)."""
+
+from kernel_clip.conditioner import (
+    CLIPPromptConditioner,
+    CLIPXLPromptConditioner,
+    PromptOptions,
+    encode_prompt,
+    encode_prompt_xl,
+)
+from kernel_clip.emphasis import escape_emphasis, parse_emphasis
+
+__all__ = [
+    "CLIPPromptConditioner",
+    "CLIPXLPromptConditioner",
+    "PromptOptions",
+    "encode_prompt",
+    "encode_prompt_xl",
+    "escape_emphasis",
+    "parse_emphasis",
+]
