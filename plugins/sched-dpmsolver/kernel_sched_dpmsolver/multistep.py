@@ -20,7 +20,6 @@ from .discrete import (
     DiscreteSolverBase,
     check_solver_order,
     dpm_timesteps,
-    flow_shifted,
     resolve_alias,
     to_noise_prediction,
 )
@@ -144,32 +143,6 @@ class DPMSolverMultistepScheduler(DiscreteSolverBase):
         self._install_grid(np.concatenate([sigmas, [last]]), timesteps, device)
         self.model_outputs = [None] * cfg.solver_order
         self.lower_order_nums = 0
-
-    def _grid_sigmas(self, num_inference_steps: int | None, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sigmas at the grid points (without the final one) and the matching timesteps."""
-        cfg = self.config
-        train, log_train = self._train_sigmas()
-        round_karras = cfg.beta_schedule != "squaredcos_cap_v2"
-        respaced = self._respaced(num_inference_steps, np.flip(train).copy()) if num_inference_steps else None
-        if respaced is not None:
-            times = self._times_of(respaced, log_train)
-            if cfg.use_karras_sigmas and round_karras:
-                times = times.round()
-            return respaced, times
-        if cfg.get("use_lu_lambdas"):
-            # uniform in lambda = -log(sigma) (Lu et al. 2022b, section 4): linear ramp between the ends
-            lambdas = np.flip(log_train.copy())
-            lo, hi = float(lambdas[-1]), float(lambdas[0])
-            lambdas = hi + np.linspace(0, 1, num_inference_steps) * (lo - hi)
-            sigmas = np.exp(lambdas)
-            times = self._times_of(sigmas, log_train)
-            return sigmas, (times.round() if round_karras else times)
-        if cfg.use_flow_sigmas:
-            n = num_inference_steps if num_inference_steps is not None else len(timesteps)
-            raw = 1.0 - np.linspace(1, 1 / cfg.num_train_timesteps, n + 1)
-            sigmas = np.flip(flow_shifted(raw, self._current_flow_shift()))[:-1].copy()
-            return sigmas, sigmas * cfg.num_train_timesteps
-        return np.interp(timesteps, np.arange(0, len(train)), train), timesteps
 
     # ------------------------------------------------------------------ model output
     def convert_model_output(self, model_output: torch.Tensor, *args: Any, sample: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:

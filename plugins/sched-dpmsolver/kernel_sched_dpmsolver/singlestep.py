@@ -37,6 +37,7 @@ class DPMSolverSinglestepScheduler(DPMSolverMultistepScheduler):
     _compatibles = KARRAS_COMPATIBLES
     order = 1
     _float32_solve = False
+    _round_karras_times = True
 
     @register_to_config
     def __init__(
@@ -140,12 +141,6 @@ class DPMSolverSinglestepScheduler(DPMSolverMultistepScheduler):
             logger.warning("final_sigmas_type='zero' needs lower_order_final=True: setting it")
             self.register_to_config(lower_order_final=True)
         self.order_list = self.get_order_list(num_inference_steps)
-
-    def _grid_sigmas(self, num_inference_steps, timesteps):
-        sigmas, times = super()._grid_sigmas(num_inference_steps, timesteps)
-        if self.config.use_karras_sigmas:
-            times = np.asarray(times).round()  # always rounded here, whatever the beta schedule
-        return sigmas, times
 
     def singlestep_dpm_solver_update(
         self, model_output_list: list[torch.Tensor], *args: Any, sample: torch.Tensor | None = None,
