@@ -142,6 +142,33 @@ class StepIndexMixin:
             raise ValueError("index_for_timestep needs a CPU timestep; move it with .cpu() first")
         return match_index(schedule, value)
 
+    def _position(self) -> int:
+        if self._step_index is not None:
+            return self._step_index
+        return self._begin_index or 0
+
+    def _locate(self, timestep: Any) -> tuple[int | float, int | None]:
+        """``(value, position)`` of a timestep handed to ``step``, without reading device memory.
+
+        A number or CPU tensor is looked up (first match; position ``None`` when the schedule does
+        not hold it).  An accelerator tensor is taken to be the schedule entry at the current
+        position: ``begin_index`` at first, then one further per ``step``.
+        """
+        value = host_scalar(timestep)
+        if value is None:
+            position = self._position()
+            if position >= len(self._schedule_host):
+                raise ValueError(
+                    f"step called {position + 1} times on a schedule of {len(self._schedule_host)} timesteps; "
+                    "call set_timesteps again (or pass the timestep as a Python number)"
+                )
+            return self._schedule_host[position].item(), position
+        hits = np.flatnonzero(self._schedule_host == value)
+        return value, (int(hits[0]) if hits.size else None)
+
+    def _advance(self, position: int | None) -> None:
+        self._step_index = (position if position is not None else self._position()) + 1
+
     def _init_step_index(self, timestep: Any) -> None:
         if self._begin_index is not None:
             self._step_index = self._begin_index
