@@ -223,18 +223,3 @@ class PixArtAlphaCombinedTimestepSizeEmbeddings(nn.Module):
         ], dim=1)
         return emb + sizes
 
-
-# ----------------------------------------------------------------------------- output container
-from dataclasses import dataclass  # noqa: E402
-
-from kernel.outputs import BaseOutput  # noqa: E402
-
-
-@dataclass
-class Transformer2DModelOutput(BaseOutput):
-    """What 2-D diffusion transformers return: ``sample`` shaped like the model's input latents.
-
-    (Kept here with the DiT pieces until a shared model-output module exists.)
-    """
-
-    sample: torch.Tensor

@@ -25,10 +25,10 @@ from kernel.nn.attention import Attention
 from kernel.nn.dit_embeddings import (
     CombinedTimestepGuidanceTextProjEmbeddings,
     CombinedTimestepTextProjEmbeddings,
-    Transformer2DModelOutput,
 )
 from kernel.nn.joint_attention import FluxAttnProcessor, JointAttentionSwitches
 from kernel.nn.rotary import FluxPosEmbed
+from kernel.nn.transformer_2d import Transformer2DModelOutput
 
 _FP16_MAX = 65504.0
 

@@ -16,10 +16,10 @@ from torch import nn
 
 from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
-from kernel.nn.activations import FeedForward, chunked_feed_forward
 from kernel.nn.adaln import AdaLayerNormSingle
-from kernel.nn.attention import Attention, AttentionMixin
-from kernel.nn.dit_embeddings import PatchEmbed, PixArtAlphaTextProjection, Transformer2DModelOutput
+from kernel.nn.attention import AttentionMixin
+from kernel.nn.dit_embeddings import PatchEmbed, PixArtAlphaTextProjection
+from kernel.nn.transformer_2d import BasicTransformerBlock, Transformer2DModelOutput, mask_to_bias
 
 
 def unpatchify(tokens: torch.Tensor, rows: int, cols: int, patch: int, channels: int) -> torch.Tensor:
@@ -28,69 +28,13 @@ def unpatchify(tokens: torch.Tensor, rows: int, cols: int, patch: int, channels:
     return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, channels, rows * patch, cols * patch)
 
 
-def mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """A ``(B, L)`` keep-mask (1 keep, 0 drop) -> a ``(B, 1, L)`` additive bias (0 / -10000); others pass."""
-    if mask is None or mask.ndim != 2:
-        return mask
-    return ((1 - mask.to(dtype)) * -10000.0).unsqueeze(1)
-
-
-class PixArtTransformerBlock(nn.Module):
-    """Self-attention, cross-attention to the caption, MLP; modulated by ``table + t`` (adaLN-single).
-
-    Parameter names equal the generic transformer block's so PixArt checkpoints load unchanged.
-    """
-
-    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, cross_attention_dim: int | None,
-                 dropout: float = 0.0, activation_fn: str = "gelu-approximate", attention_bias: bool = True,
-                 upcast_attention: bool = False, norm_elementwise_affine: bool = False, norm_eps: float = 1e-6):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=norm_elementwise_affine, eps=norm_eps)
-        self.attn1 = Attention(query_dim=dim, heads=num_attention_heads, dim_head=attention_head_dim, dropout=dropout,
-                               bias=attention_bias, upcast_attention=upcast_attention)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
-        self.attn2 = None
-        if cross_attention_dim is not None:
-            self.attn2 = Attention(query_dim=dim, cross_attention_dim=cross_attention_dim, heads=num_attention_heads,
-                                   dim_head=attention_head_dim, dropout=dropout, bias=attention_bias,
-                                   upcast_attention=upcast_attention)
-        self.ff = FeedForward(dim, dropout=dropout, activation_fn=activation_fn)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
-        self._chunk_size: int | None = None
-        self._chunk_dim = 0
-
-    def set_chunk_feed_forward(self, chunk_size: int | None, dim: int = 0) -> None:
-        self._chunk_size, self._chunk_dim = chunk_size, dim
-
-    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                timestep=None, cross_attention_kwargs: dict[str, Any] | None = None, class_labels=None,
-                added_cond_kwargs=None):
-        batch = hidden_states.shape[0]
-        terms = (self.scale_shift_table[None] + timestep.reshape(batch, 6, -1)).chunk(6, dim=1)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = terms
-        extra = dict(cross_attention_kwargs or {})
-        extra.pop("scale", None)
-
-        x = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
-        hidden_states = hidden_states + gate_msa * self.attn1(x, attention_mask=attention_mask, **extra)
-        if self.attn2 is not None:
-            hidden_states = hidden_states + self.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
-                                                       attention_mask=encoder_attention_mask, **extra)
-        x = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp
-        if self._chunk_size is None:
-            ff = self.ff(x)
-        else:
-            ff = chunked_feed_forward(self.ff, x, self._chunk_dim, self._chunk_size)
-        return hidden_states + gate_mlp * ff
-
-
 class PixArtTransformer2DModel(AttentionMixin, ModelMixin):
     """PixArt-alpha / Sigma transformer.  ``forward(hidden_states (B,C,H,W), encoder_hidden_states (B,S,caption_channels),
     timestep (B,), added_cond_kwargs={"resolution","aspect_ratio"}, encoder_attention_mask (B,S))``
     -> ``sample (B, out_channels, H, W)`` (noise and, with ``out_channels = 2C``, learned variance)."""
 
     _supports_gradient_checkpointing = True
-    _no_split_modules = ["BasicTransformerBlock", "PixArtTransformerBlock", "PatchEmbed"]
+    _no_split_modules = ["BasicTransformerBlock", "PatchEmbed"]
 
     @register_to_config
     def __init__(
@@ -135,10 +79,11 @@ class PixArtTransformer2DModel(AttentionMixin, ModelMixin):
         self.pos_embed = PatchEmbed(height=sample_size, width=sample_size, patch_size=patch_size,
                                     in_channels=in_channels, embed_dim=self.inner_dim, interpolation_scale=scale)
         self.transformer_blocks = nn.ModuleList([
-            PixArtTransformerBlock(self.inner_dim, num_attention_heads, attention_head_dim, cross_attention_dim,
-                                   dropout=dropout, activation_fn=activation_fn, attention_bias=attention_bias,
-                                   upcast_attention=upcast_attention, norm_elementwise_affine=norm_elementwise_affine,
-                                   norm_eps=norm_eps)
+            BasicTransformerBlock(self.inner_dim, num_attention_heads, attention_head_dim, dropout=dropout,
+                                  cross_attention_dim=cross_attention_dim, activation_fn=activation_fn,
+                                  num_embeds_ada_norm=num_embeds_ada_norm, attention_bias=attention_bias,
+                                  upcast_attention=upcast_attention, norm_type=norm_type,
+                                  norm_elementwise_affine=norm_elementwise_affine, norm_eps=norm_eps)
             for _ in range(num_layers)
         ])
         self.norm_out = nn.LayerNorm(self.inner_dim, elementwise_affine=False, eps=1e-6)
@@ -179,7 +124,7 @@ class PixArtTransformer2DModel(AttentionMixin, ModelMixin):
         if self.caption_projection is not None:
             encoder_hidden_states = self.caption_projection(encoder_hidden_states).view(batch, -1, x.shape[-1])
         for block in self.transformer_blocks:
-            args = (x, attention_mask, encoder_hidden_states, encoder_attention_mask, t, cross_attention_kwargs)
+            args = (x, attention_mask, encoder_hidden_states, encoder_attention_mask, t, cross_attention_kwargs, None)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:

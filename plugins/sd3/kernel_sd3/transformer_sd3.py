@@ -22,8 +22,9 @@ from kernel.modeling import ModelMixin
 from kernel.nn.activations import FeedForward, chunked_feed_forward
 from kernel.nn.adaln import AdaLayerNormContinuous, AdaLayerNormZero, SD35AdaLayerNormZeroX, modulate
 from kernel.nn.attention import Attention
-from kernel.nn.dit_embeddings import CombinedTimestepTextProjEmbeddings, PatchEmbed, Transformer2DModelOutput
+from kernel.nn.dit_embeddings import CombinedTimestepTextProjEmbeddings, PatchEmbed
 from kernel.nn.joint_attention import JointAttentionSwitches, JointAttnProcessor
+from kernel.nn.transformer_2d import Transformer2DModelOutput
 
 
 def unpatchify(tokens: torch.Tensor, rows: int, cols: int, patch: int, channels: int) -> torch.Tensor:
