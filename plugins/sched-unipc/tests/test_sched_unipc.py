@@ -158,3 +158,21 @@ def test_cuda_loop_has_no_sync(config):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(x).all()
+
+
+META_CASES = [
+    (UniPCMultistepScheduler, {}),
+    (UniPCMultistepScheduler, {"solver_order": 3}),
+    (UniPCMultistepScheduler, {"predict_x0": False, "solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
+]
+
+# A meta-device loop runs on any machine: a meta tensor has no values, so any read of a device
+# value inside step (``.item()``, a ``nonzero`` search, a device-to-host copy) raises here.
+@pytest.mark.parametrize("cls,config", META_CASES)
+def test_step_reads_no_device_values(cls, config):
+    s = cls(**config)
+    s.set_timesteps(12, device="meta")
+    x = torch.empty(SHAPE, device="meta")
+    for t in s.timesteps:
+        x = s.step(torch.tanh(s.scale_model_input(x, t)), t, x).prev_sample
+    assert x.device.type == "meta" and x.shape == SHAPE and s.step_index == len(s.timesteps)
