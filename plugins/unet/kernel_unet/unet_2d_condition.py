@@ -415,7 +415,11 @@ class UNet2DConditionModel(ModelMixin, AttentionMixin):
             else:
                 sample, res = block(hidden_states=sample, temb=emb)
                 if intrablock:
+                    # The residual also reaches the skip when the block's output is that skip (no downsampler).
+                    shared = res[-1] is sample
                     sample = sample + intrablock.pop(0)
+                    if shared:
+                        res = res[:-1] + (sample,)
             skips += res
 
         if is_controlnet:
