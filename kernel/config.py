@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 #: key to decide on compatibility shims; we write a version whose format we follow.
 DIFFUSERS_FORMAT_VERSION = "0.35.0"
 
+#: Config key listing the arguments that were left at their defaults (never written to disk).
+USE_DEFAULTS_KEY = "_use_default_values"
+
 
 class FrozenConfig(dict):
     """A dict that also answers attribute access and refuses changes."""
@@ -89,8 +92,10 @@ def register_to_config(init):
             if name == "self" or name in ignore or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 continue
             recorded[name] = bound.arguments.get(name, param.default)
+        # Like Diffusers, remember which keys kept their defaults: a swap to another class with
+        # from_config lets that class use its own defaults for them.
+        recorded[USE_DEFAULTS_KEY] = [k for k in recorded if k not in passed]
         self.register_to_config(**recorded)
-        self._config_defaults_used = tuple(k for k in recorded if k not in passed)
         init(self, *args, **kwargs)
 
     wrapper.__signature__ = sig
@@ -122,7 +127,8 @@ class ConfigMixin:
     def extract_init_dict(cls, config: dict, **overrides: Any) -> tuple[dict, dict]:
         """Split ``config`` + ``overrides`` into (arguments ``cls`` takes, the rest)."""
         keys = set(init_keys(cls)) - set(cls.ignore_for_config)
-        source = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+        defaults_used = set(config.get(USE_DEFAULTS_KEY) or ())
+        source = {k: v for k, v in dict(config).items() if not k.startswith("_") and k not in defaults_used}
         init_dict, unused = {}, {}
         for k, v in {**source, **overrides}.items():
             (init_dict if k in keys else unused)[k] = v
@@ -148,7 +154,9 @@ class ConfigMixin:
             logger.debug("%s.from_config ignored keys it does not take: %s", cls.__name__, sorted(unused))
         obj = cls(**init_dict)
         # Keep the other class's keys so that swapping back restores them, as Diffusers does.
-        hidden = {k: v for k, v in dict(config).items() if k not in init_dict and not k.startswith("_")}
+        defaults_used = set(config.get(USE_DEFAULTS_KEY) or ())
+        hidden = {k: v for k, v in dict(config).items()
+                  if k not in init_dict and not k.startswith("_") and k not in defaults_used}
         if hidden and isinstance(obj, ConfigMixin):
             obj.register_to_config(**{k: v for k, v in hidden.items() if k not in obj.config})
         if return_unused_kwargs:
@@ -157,7 +165,7 @@ class ConfigMixin:
 
     # ------------------------------------------------------------------ files
     def to_json_string(self) -> str:
-        data = {k: _jsonable(v) for k, v in self.config.items()}
+        data = {k: _jsonable(v) for k, v in self.config.items() if k != USE_DEFAULTS_KEY}
         data["_class_name"] = type(self).__name__
         data["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION
         return json.dumps(data, indent=2, sort_keys=True) + "\n"

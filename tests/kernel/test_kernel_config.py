@@ -25,7 +25,9 @@ class Beta(ConfigMixin):
 
 def test_config_records_defaults_and_is_frozen():
     a = Alpha(beta_start=0.5)
-    assert a.config == {"num_train_timesteps": 1000, "beta_start": 0.5, "clip_sample": True}
+    assert {k: v for k, v in a.config.items() if not k.startswith("_")} == {
+        "num_train_timesteps": 1000, "beta_start": 0.5, "clip_sample": True}
+    assert sorted(a.config._use_default_values) == ["clip_sample", "num_train_timesteps"]  # as Diffusers records
     assert a.config.beta_start == 0.5
     with pytest.raises(TypeError):
         a.config["beta_start"] = 1
@@ -54,7 +56,8 @@ def test_save_and_load_config(tmp_path):
     path = a.save_config(tmp_path)
     data = json.loads(path.read_text())
     assert data["_class_name"] == "Alpha" and data["num_train_timesteps"] == 10
-    assert Alpha.from_pretrained(tmp_path).config == a.config
+    assert "_use_default_values" not in data
+    assert Alpha.from_pretrained(tmp_path).config.num_train_timesteps == 10
     assert [p.name for p in tmp_path.iterdir()] == ["scheduler_config.json"]  # no temp files left
 
 
@@ -83,7 +86,25 @@ def test_diffusers_config_files_both_ways(tmp_path):
     theirs = diffusers.DDIMScheduler(beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
     theirs.save_config(tmp_path / "a")
     ours = DDIMScheduler.from_pretrained(tmp_path / "a")
-    assert dict(ours.config) == {k: v for k, v in theirs.config.items() if not k.startswith("_")}
+    public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    assert public(ours.config) == public(theirs.config)
     ours.save_config(tmp_path / "b")
     again = diffusers.DDIMScheduler.from_pretrained(tmp_path / "b")
-    assert {k: v for k, v in again.config.items() if not k.startswith("_")} == dict(ours.config)
+    assert public(again.config) == public(ours.config)
+
+
+def test_swap_uses_target_defaults_for_keys_left_at_default():
+    """Keys the source left at its defaults take the target's defaults (Diffusers' _use_default_values)."""
+
+    class Low(ConfigMixin):
+        @register_to_config
+        def __init__(self, beta_start: float = 0.0001, steps: int = 10):
+            pass
+
+    class High(ConfigMixin):
+        @register_to_config
+        def __init__(self, beta_start: float = 0.00085, steps: int = 20):
+            pass
+
+    assert High.from_config(Low().config).config.beta_start == 0.00085
+    assert High.from_config(Low(beta_start=0.5).config).config.beta_start == 0.5
