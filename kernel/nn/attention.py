@@ -166,7 +166,7 @@ def dispatch_attention(
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
     if is_causal:
         lq, lk = query.shape[-2], key.shape[-2]
-        causal = torch.ones(lq, lk, dtype=torch.bool, device=query.device).tril(lk - lq)
+        causal = torch.ones(lq, lk, dtype=torch.bool, device=query.device).tril()  # top-left aligned, as SDPA
         attn_mask = causal if attn_mask is None else _as_bias(attn_mask, query.dtype) + _as_bias(causal, query.dtype)
     if scale is None:
         scale = query.shape[-1] ** -0.5
