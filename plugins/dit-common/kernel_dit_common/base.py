@@ -189,8 +189,14 @@ class TransformerPipeline(Pipeline):
                 predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], state: dict[str, Any],
                 callback=None, callback_names: Sequence[str] | None = None,
                 blend: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-                step_kwargs: dict | None = None) -> torch.Tensor:
-        """Run the schedule.  ``state`` holds the tensors a callback may read and replace."""
+                step_kwargs: dict | None = None, output_index: int = 0, legacy_callback=None,
+                callback_steps: int = 1) -> torch.Tensor:
+        """Run the schedule.  ``state`` holds the tensors a callback may read and replace.
+
+        ``output_index`` picks the scheduler output used as the next latents (1 = the predicted clean
+        sample, which single-step PixArt sampling returns); ``legacy_callback(step, t, latents)`` is the
+        older per-``callback_steps`` hook.
+        """
         self._num_timesteps = len(timesteps)
         self._interrupt = False
         order = getattr(self.scheduler, "order", 1)
@@ -202,7 +208,9 @@ class TransformerPipeline(Pipeline):
                 self._current_timestep = t
                 output = predict(latents, t)
                 dtype = latents.dtype
-                latents = self.scheduler.step(output, t, latents, **(step_kwargs or {}), return_dict=False)[0]
+                stepped = self.scheduler.step(output, t, latents, **(step_kwargs or {}), return_dict=False)
+                # Schedulers that return only the previous sample have no clean-sample prediction to take.
+                latents = stepped[output_index] if len(stepped) > output_index else stepped[0]
                 if blend is not None:
                     latents = blend(i, latents)
                 latents = latents.to(dtype)
@@ -213,6 +221,8 @@ class TransformerPipeline(Pipeline):
                     latents = state["latents"]
                 if i == len(timesteps) - 1 or ((i + 1) > warmup and (i + 1) % order == 0):
                     bar.update()
+                    if legacy_callback is not None and i % callback_steps == 0:
+                        legacy_callback(i // order, t, latents)
         self._current_timestep = None
         return latents
 
