@@ -36,7 +36,8 @@ USE_DEFAULTS_KEY = "_use_default_values"
 class FrozenConfig(dict):
     """A dict that also answers attribute access and refuses changes."""
 
-    __slots__ = ()
+    # Which keys kept their constructor defaults; not a key, so equality and files ignore it.
+    __slots__ = ("defaults_used",)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -52,6 +53,12 @@ class FrozenConfig(dict):
 
     def __reduce__(self):
         return (FrozenConfig, (dict(self),))
+
+
+def defaults_used(config: dict) -> set[str]:
+    """Keys of ``config`` left at their defaults (ours, or Diffusers' ``_use_default_values`` key)."""
+    found = set(getattr(config, "defaults_used", None) or ())
+    return found | set(config.get(USE_DEFAULTS_KEY) or ())
 
 
 def _jsonable(value: Any) -> Any:
@@ -94,8 +101,8 @@ def register_to_config(init):
             recorded[name] = bound.arguments.get(name, param.default)
         # Like Diffusers, remember which keys kept their defaults: a swap to another class with
         # from_config lets that class use its own defaults for them.
-        recorded[USE_DEFAULTS_KEY] = [k for k in recorded if k not in passed]
         self.register_to_config(**recorded)
+        object.__setattr__(self._internal_dict, "defaults_used", tuple(k for k in recorded if k not in passed))
         init(self, *args, **kwargs)
 
     wrapper.__signature__ = sig
@@ -114,9 +121,13 @@ class ConfigMixin:
     ignore_for_config: tuple[str, ...] = ()
 
     def register_to_config(self, **kwargs: Any) -> None:
-        current = dict(getattr(self, "_internal_dict", {}) or {})
+        old = getattr(self, "_internal_dict", None) or FrozenConfig()
+        current = dict(old)
         current.update(kwargs)
-        object.__setattr__(self, "_internal_dict", FrozenConfig(current))
+        new = FrozenConfig(current)
+        object.__setattr__(new, "defaults_used", tuple(k for k in getattr(old, "defaults_used", ()) if k not in kwargs)
+                           if hasattr(old, "defaults_used") else ())
+        object.__setattr__(self, "_internal_dict", new)
 
     @property
     def config(self) -> FrozenConfig:
@@ -127,8 +138,8 @@ class ConfigMixin:
     def extract_init_dict(cls, config: dict, **overrides: Any) -> tuple[dict, dict]:
         """Split ``config`` + ``overrides`` into (arguments ``cls`` takes, the rest)."""
         keys = set(init_keys(cls)) - set(cls.ignore_for_config)
-        defaults_used = set(config.get(USE_DEFAULTS_KEY) or ())
-        source = {k: v for k, v in dict(config).items() if not k.startswith("_") and k not in defaults_used}
+        skip = defaults_used(config)
+        source = {k: v for k, v in dict(config).items() if not k.startswith("_") and k not in skip}
         init_dict, unused = {}, {}
         for k, v in {**source, **overrides}.items():
             (init_dict if k in keys else unused)[k] = v
@@ -154,9 +165,9 @@ class ConfigMixin:
             logger.debug("%s.from_config ignored keys it does not take: %s", cls.__name__, sorted(unused))
         obj = cls(**init_dict)
         # Keep the other class's keys so that swapping back restores them, as Diffusers does.
-        defaults_used = set(config.get(USE_DEFAULTS_KEY) or ())
+        skip = defaults_used(config)
         hidden = {k: v for k, v in dict(config).items()
-                  if k not in init_dict and not k.startswith("_") and k not in defaults_used}
+                  if k not in init_dict and not k.startswith("_") and k not in skip}
         if hidden and isinstance(obj, ConfigMixin):
             obj.register_to_config(**{k: v for k, v in hidden.items() if k not in obj.config})
         if return_unused_kwargs:
