@@ -13,6 +13,14 @@ from kernel.nn.embeddings import get_timestep_embedding  # noqa: E402
 from kernel.nn.transformer_2d import BasicTransformerBlock, Transformer2DModel  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _close(a, b, atol=1e-5):
     assert a.shape == b.shape
     assert torch.allclose(a, b, atol=atol, rtol=0), (a - b).abs().max().item()
