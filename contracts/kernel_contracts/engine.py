@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import inspect
 import random
 import traceback
 from typing import Any, Callable
@@ -26,9 +28,9 @@ from kernel import protocols
 # --------------------------------------------------------------------------- settings
 #: Search budgets.  ``ci`` is short and reproducible (fixed seed); ``thorough`` is for releases.
 PROFILES: dict[str, dict[str, Any]] = {
-    "ci": {"max_examples": 6, "seed": 0, "compile": False, "shrink": True},
-    "dev": {"max_examples": 25, "seed": None, "compile": False, "shrink": True},
-    "thorough": {"max_examples": 150, "seed": None, "compile": True, "shrink": True},
+    "ci": {"max_examples": 5, "max_steps": 25, "seed": 0, "compile": False, "shrink": True},
+    "dev": {"max_examples": 25, "max_steps": 50, "seed": None, "compile": False, "shrink": True},
+    "thorough": {"max_examples": 150, "max_steps": 50, "seed": None, "compile": True, "shrink": True},
 }
 
 _session_options: dict[str, Any] = {"profile": "ci"}
@@ -127,7 +129,22 @@ def _fits_scheduler_shape(obj: Any) -> bool:
 
 
 def detect_kind(obj: Any) -> str | None:
+    """``kernel.protocols.kind_of``, plus two corrections.
+
+    For a class, ``kind_of`` ignores data members, so every ``nn.Module`` with
+    ``save_pretrained``/``from_pretrained`` looks like a pipeline; a pipeline class must also
+    have ``components``.  Flow-matching schedulers that noise with ``scale_noise`` count as
+    schedulers.
+    """
     kind = protocols.kind_of(obj)
+    if kind == "pipeline" and isinstance(obj, type) and not hasattr(obj, "components"):
+        kind = None
+        for name in ("autoencoder", "denoiser", "adapter", "quantizer", "conditioner"):
+            proto = protocols.PROTOCOLS[name]
+            members = [m for m in protocols._members(proto) if not protocols._is_data(proto, m)]
+            if all(hasattr(obj, m) for m in members):
+                kind = name
+                break
     if kind is None and _fits_scheduler_shape(obj):
         kind = "scheduler"
     return kind
@@ -149,6 +166,8 @@ class Subject:
 
             component = kernel.component(component)
         self.target = component
+        if not self.options.get("name") and self.is_factory:
+            self.name = type(self.sample_instance()).__name__
         self.kind = kind or self.options.get("kind") or self._detect()
         if self.kind not in CONTRACTS:
             raise TypeError(
@@ -168,7 +187,8 @@ class Subject:
 
     @property
     def is_factory(self) -> bool:
-        return callable(self.target) and not isinstance(self.target, type) and detect_kind(self.target) is None
+        t = self.target
+        return (inspect.isroutine(t) or isinstance(t, functools.partial)) and detect_kind(t) is None
 
     def sample_instance(self) -> Any:
         if "instance" not in self._cache:
@@ -191,7 +211,10 @@ class Subject:
                 protos[key] = self.target(**overrides)
             return copy.deepcopy(protos[key])
         if self.is_factory:
-            obj = self.target()
+            protos = self._cache.setdefault("prototypes", {})
+            if "factory" not in protos:
+                protos["factory"] = self.target()
+            obj = copy.deepcopy(protos["factory"])
         else:  # an instance: never hand out the caller's object, schedulers are stateful
             obj = copy.deepcopy(self.target)
         if overrides:

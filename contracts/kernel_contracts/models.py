@@ -1,1 +1,257 @@
-"""placeholder"""
+"""Denoiser and autoencoder contracts (:class:`kernel.protocols.Denoiser`, ``Autoencoder``).
+
+The plugin supplies a tiny instance (``component`` = a factory) and example inputs through the
+``inputs`` option / ``contract_inputs(model, batch_size, generator)`` hook returning the keyword
+arguments of ``forward`` (denoisers: ``sample``, ``timestep``, ``encoder_hidden_states`` ...;
+autoencoders: ``{"x": images}``).  Examples draw the batch size and the seed.
+
+Declarations: ``atol`` (batch independence, default 1e-4), ``dtypes`` (default
+``(torch.float32, torch.bfloat16)``), ``tiling_atol`` (default 1e-4), ``compile`` (run the
+``torch.compile(fullgraph=True)`` contract; on in the ``thorough`` profile or with
+``--contracts-compile``).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+
+from kernel_contracts.engine import NotApplicable, Subject, contract
+
+
+#: Model contracts run whole forward passes: a third of the profile's examples each.
+MODEL_BUDGET = 0.34
+
+
+def model_examples(subject: Subject, opts: dict):
+    return st.fixed_dictionaries({"batch_size": st.integers(1, 3), "seed": st.integers(0, 2**16)})
+
+
+def model_of(subject: Subject) -> Any:
+    model = subject.instance()
+    if hasattr(model, "eval"):
+        model.eval()
+    return model
+
+
+def inputs_for(subject: Subject, opts: dict, model: Any, ex: dict) -> dict:
+    hook = opts.get("contract_inputs") or opts.get("inputs")
+    if hook is None:
+        raise NotApplicable("the plugin declares no example inputs (contract_inputs / inputs=)")
+    return hook(model, ex["batch_size"], torch.Generator().manual_seed(ex["seed"]))
+
+
+def first_output(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample") and out.sample is not None:
+        return out.sample
+    return out[0]
+
+
+def forward(model: Any, inputs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return first_output(model(**inputs))
+
+
+def _split(inputs: dict, batch: int, i: int) -> dict:
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == batch:
+            out[k] = v[i : i + 1]
+        elif isinstance(v, dict):
+            out[k] = _split(v, batch, i)
+        else:
+            out[k] = v
+    return out
+
+
+def _cast(inputs: dict, dtype: torch.dtype) -> dict:
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and k not in ("timestep", "timesteps"):
+            out[k] = v.to(dtype)
+        elif isinstance(v, dict):
+            out[k] = _cast(v, dtype)
+        else:
+            out[k] = v
+    return out
+
+
+def _sample_of(inputs: dict) -> torch.Tensor:
+    for key in ("sample", "hidden_states", "x"):
+        if key in inputs:
+            return inputs[key]
+    return next(v for v in inputs.values() if isinstance(v, torch.Tensor))
+
+
+# --------------------------------------------------------------------------- denoiser
+@contract("denoiser", "output_shape", examples=model_examples, budget=MODEL_BUDGET)
+def output_shape(subject: Subject, ex: dict, opts: dict) -> None:
+    """Output is ``(B, out_channels, *S)`` for ``(B, in_channels, *S)`` (channels-last ``(B, N, C)`` for packed tokens)."""
+    model = model_of(subject)
+    inputs = inputs_for(subject, opts, model, ex)
+    x, y = _sample_of(inputs), forward(model, inputs)
+    cfg = model.config
+    out_ch = cfg.get("out_channels") or cfg.get("in_channels")
+    packed = x.ndim == 3 and x.shape[-1] == cfg.get("in_channels")
+    expected = (x.shape[0], *x.shape[1:-1], out_ch) if packed else (x.shape[0], out_ch, *x.shape[2:])
+    assert tuple(y.shape) == tuple(expected), f"output shape {tuple(y.shape)}; expected {tuple(expected)} for input {tuple(x.shape)}"
+
+
+@contract("denoiser", "batch_independence", examples=model_examples, budget=MODEL_BUDGET)
+def batch_independence(subject: Subject, ex: dict, opts: dict) -> None:
+    """Running a batch equals running its items one at a time."""
+    model = model_of(subject)
+    ex = {**ex, "batch_size": max(2, ex["batch_size"])}
+    inputs = inputs_for(subject, opts, model, ex)
+    batch = _sample_of(inputs).shape[0]
+    whole = forward(model, inputs)
+    parts = torch.cat([forward(model, _split(inputs, batch, i)) for i in range(batch)])
+    atol = float(opts.get("atol", 1e-4))
+    diff = (whole - parts).abs().max().item()
+    assert diff <= atol, f"batched and one-by-one outputs differ by {diff:.3g} (atol {atol})"
+
+
+@contract("denoiser", "deterministic", examples=model_examples, budget=MODEL_BUDGET)
+def deterministic(subject: Subject, ex: dict, opts: dict) -> None:
+    """Two forward passes in eval mode give identical outputs."""
+    model = model_of(subject)
+    inputs = inputs_for(subject, opts, model, ex)
+    a, b = forward(model, inputs), forward(model, inputs)
+    assert torch.equal(a, b), f"two eval-mode passes differ by {(a - b).abs().max().item():.3g}"
+
+
+@contract("denoiser", "dtype_follows_parameters", examples=model_examples, budget=MODEL_BUDGET)
+def dtype_follows_parameters(subject: Subject, ex: dict, opts: dict) -> None:
+    """The output dtype is the parameters' dtype (float32 and bfloat16)."""
+    for dtype in opts.get("dtypes", (torch.float32, torch.bfloat16)):
+        model = model_of(subject).to(dtype)
+        inputs = _cast(inputs_for(subject, opts, model, ex), dtype)
+        y = forward(model, inputs)
+        assert y.dtype == dtype, f"model in {dtype} returned {y.dtype}"
+
+
+@contract("denoiser", "save_load_round_trip", examples=model_examples, budget=MODEL_BUDGET)
+def save_load_round_trip(subject: Subject, ex: dict, opts: dict) -> None:
+    """``save_pretrained`` then ``from_pretrained`` gives identical outputs."""
+    model = model_of(subject)
+    inputs = inputs_for(subject, opts, model, ex)
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        loaded = type(model).from_pretrained(d)
+    loaded.eval()
+    sa, sb = model.state_dict(), loaded.state_dict()
+    assert set(sa) == set(sb), f"state-dict keys differ after save/load: {sorted(set(sa) ^ set(sb))[:5]}"
+    changed = [k for k in sa if sa[k].dtype != sb[k].dtype or not torch.equal(sa[k], sb[k])]
+    assert not changed, f"tensors differ after save/load: {changed[:5]}"
+    # Identical weights; outputs may differ in the last bits when the loaded tensors live at other
+    # memory alignments (vectorised CPU kernels then sum in another order).
+    a, b = forward(model, inputs), forward(loaded, inputs)
+    atol = float(opts.get("save_load_atol", 1e-5))
+    diff = (a - b).abs().max().item()
+    assert diff <= atol, f"outputs differ after save/load by {diff:.3g} (atol {atol})"
+
+
+@contract("denoiser", "gradients_reach_parameters", examples=model_examples, budget=MODEL_BUDGET)
+def gradients_reach_parameters(subject: Subject, ex: dict, opts: dict) -> None:
+    """A loss on the output gives every trainable parameter a gradient."""
+    model = model_of(subject)
+    inputs = inputs_for(subject, opts, model, ex)
+    model.zero_grad(set_to_none=True)
+    first_output(model(**inputs)).float().pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{len(missing)} trainable parameters get no gradient, e.g. {missing[:5]}"
+
+
+def _compile_enabled(subject: Subject, opts: dict) -> str | None:
+    return None if opts.get("compile") else "torch.compile contracts are off (--contracts-compile or the thorough profile)"
+
+
+@contract("denoiser", "compile_fullgraph", examples=None, applies=_compile_enabled)
+def compile_fullgraph(subject: Subject, ex: Any, opts: dict) -> None:
+    """``torch.compile(fullgraph=True)`` compiles the forward without graph breaks and matches eager."""
+    model = model_of(subject)
+    inputs = inputs_for(subject, opts, model, {"batch_size": 2, "seed": 0})
+    compiled = torch.compile(model, fullgraph=True)
+    a, b = forward(model, inputs), forward(compiled, inputs)
+    assert (a - b).abs().max().item() <= 1e-4, "compiled and eager outputs differ"
+
+
+# --------------------------------------------------------------------------- autoencoder
+def _latents(enc: Any) -> torch.Tensor:
+    if isinstance(enc, torch.Tensor):
+        return enc
+    dist = getattr(enc, "latent_dist", None)
+    if dist is not None:
+        return dist.mode()
+    if getattr(enc, "latents", None) is not None:
+        return enc.latents
+    return _latents(enc[0])
+
+
+def _encode_decode(model: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        z = _latents(model.encode(x))
+        return z, first_output(model.decode(z))
+
+
+@contract("autoencoder", "encode_decode_shapes", examples=model_examples, budget=MODEL_BUDGET)
+def encode_decode_shapes(subject: Subject, ex: dict, opts: dict) -> None:
+    """``encode`` gives ``(B, latent_channels, *S / 2**(len(block_out_channels) - 1))``; ``decode`` inverts the shape."""
+    model = model_of(subject)
+    x = inputs_for(subject, opts, model, ex)["x"]
+    z, y = _encode_decode(model, x)
+    cfg = model.config
+    scale = opts.get("spatial_scale") or 2 ** (len(cfg["block_out_channels"]) - 1)
+    expected = (x.shape[0], cfg["latent_channels"], *(s // scale for s in x.shape[2:]))
+    assert tuple(z.shape) == expected, f"latents {tuple(z.shape)}; expected {expected}"
+    assert y.shape == x.shape, f"decode gave {tuple(y.shape)} for input {tuple(x.shape)}"
+
+
+@contract("autoencoder", "scaling_factor_in_config")
+def scaling_factor_in_config(subject: Subject, ex: Any, opts: dict) -> None:
+    """``config.scaling_factor`` exists (the pipelines scale latents by it)."""
+    model = model_of(subject)
+    assert "scaling_factor" in model.config, "config has no scaling_factor"
+
+
+def _switch(subject: Subject, opts: dict, ex: dict, switch: str, atol: float) -> None:
+    model = model_of(subject)
+    if not hasattr(model, switch):
+        raise NotApplicable(f"no {switch}()")
+    x = inputs_for(subject, opts, model, ex)["x"]
+    z1, y1 = _encode_decode(model, x)
+    getattr(model, switch)()
+    z2, y2 = _encode_decode(model, x)
+    diff = max((z1 - z2).abs().max().item(), (y1 - y2).abs().max().item())
+    assert diff <= atol, f"{switch}() changes the results by {diff:.3g} (atol {atol})"
+
+
+@contract("autoencoder", "slicing_identical", examples=model_examples, budget=MODEL_BUDGET)
+def slicing_identical(subject: Subject, ex: dict, opts: dict) -> None:
+    """``enable_slicing()`` gives the same latents and images."""
+    _switch(subject, opts, {**ex, "batch_size": max(2, ex["batch_size"])}, "enable_slicing", float(opts.get("atol", 1e-5)))
+
+
+@contract("autoencoder", "tiling_within_tolerance", examples=model_examples, budget=MODEL_BUDGET)
+def tiling_within_tolerance(subject: Subject, ex: dict, opts: dict) -> None:
+    """``enable_tiling()`` matches within the plugin's ``tiling_atol``."""
+    _switch(subject, opts, ex, "enable_tiling", float(opts.get("tiling_atol", 1e-4)))
+
+
+@contract("autoencoder", "deterministic", examples=model_examples, budget=MODEL_BUDGET)
+def autoencoder_deterministic(subject: Subject, ex: dict, opts: dict) -> None:
+    """Encoding (distribution mode) and decoding twice gives identical tensors."""
+    model = model_of(subject)
+    x = inputs_for(subject, opts, model, ex)["x"]
+    (z1, y1), (z2, y2) = _encode_decode(model, x), _encode_decode(model, x)
+    assert torch.equal(z1, z2) and torch.equal(y1, y2), "two passes differ"
+
+
+def clone_model(model: Any) -> Any:
+    return copy.deepcopy(model)
