@@ -137,3 +137,14 @@ def test_bad_inputs(folders):
     img2img = kernel.component("StableDiffusion3Img2ImgPipeline").from_pipe(ours)
     with pytest.raises(ValueError, match="strength"):
         img2img(prompt="a", image=torch.rand(1, 3, 32, 32), strength=1.5, height=32, width=32)
+
+
+def test_memory_switches_keep_the_image(folders):
+    ours = kernel.load(folders["t5"][0])
+    kwargs = dict(prompt=["a cat", "a dog"], height=32, width=32, num_inference_steps=2)
+    ref = _run(ours, **kwargs)
+    ours.enable_attention_slicing()
+    ours.enable_vae_slicing()
+    ours.transformer.enable_forward_chunking(chunk_size=5, dim=1)
+    np.testing.assert_allclose(_run(ours, **kwargs), ref, atol=1e-5, rtol=0)
+    assert all(type(p).__name__ == "JointAttnProcessor" and p.slice_size for p in ours.transformer.attn_processors.values())
