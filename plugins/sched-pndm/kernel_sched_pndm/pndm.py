@@ -1,0 +1,232 @@
+"""Pseudo numerical methods for diffusion models (Liu, Ren, Lin & Zhao 2022, "PNDM").
+
+The reverse process is integrated with the *transfer* map ``phi`` of eq. 9 (a DDIM step driven by a
+noise estimate) and a numerical method choosing which noise estimate to feed it:
+
+* pseudo Runge-Kutta (PRK, eq. 13): four model evaluations per interval (start, twice at the
+  midpoint, end), blended with weights 1/6, 1/3, 1/3, 1/6; used for the first three intervals;
+* pseudo linear multistep (PLMS, eq. 12): the fourth-order Adams-Bashforth blend of the last four
+  noise estimates, one model evaluation per step.
+
+With ``skip_prk_steps`` the warm-up is the cheaper one used by Stable Diffusion: the first interval
+is taken twice (an Euler step and then a trapezoidal one, Heun-like), and the multistep order
+grows from one to four as estimates accumulate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from kernel.config import register_to_config
+from kernel.scheduling import (
+    SchedulerMixin,
+    SchedulerOutput,
+    check_choice,
+    spaced_timesteps,
+    validate_num_inference_steps,
+)
+from kernel.sigma_schedulers import KARRAS_COMPATIBLES, AlphaTableMixin, host_scalar
+
+#: Adams-Bashforth weights (newest estimate first) and their common denominator, by order.
+_ADAMS_BASHFORTH = {
+    1: ((1,), 1),
+    2: ((3, -1), 2),
+    3: ((23, -16, 5), 12),
+    4: ((55, -59, 37, -9), 24),
+}
+
+
+def adams_bashforth(history: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Linear multistep blend of up to the four newest noise estimates in ``history`` (oldest first)."""
+    weights, denominator = _ADAMS_BASHFORTH[min(len(history), 4)]
+    if denominator == 1:
+        return history[-1]
+    total = weights[0] * history[-1]
+    for back, weight in enumerate(weights[1:], start=2):
+        total = total + weight * history[-back]
+    if denominator == 24:
+        # The fourth-order sum is scaled by the reciprocal, rounding exactly as the reference does.
+        return (1 / 24) * total
+    return total / denominator
+
+
+class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
+    """PRK warm-up followed by PLMS steps (or PLMS only with ``skip_prk_steps``).
+
+    ``step`` keeps its own counter; the timesteps must be stepped in order, one model evaluation per
+    entry of ``timesteps`` (the PRK part repeats the midpoints).  A timestep given as a Python number
+    or CPU tensor is used as is; one on an accelerator is read from the host copy of the schedule at
+    the current counter, so the loop never synchronises.
+    """
+
+    _compatibles = KARRAS_COMPATIBLES
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        skip_prk_steps: bool = False,
+        set_alpha_to_one: bool = False,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+    ):
+        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
+        check_choice("timestep_spacing", timestep_spacing, ("linspace", "leading", "trailing"))
+        self._build_alpha_tables(self.config)
+        # alpha_bar "after" the last step: 1 (clean) or that of the first training step.
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self.init_noise_sigma = 1.0
+        self.pndm_order = 4
+        self.num_inference_steps = None
+        self._timesteps = np.arange(num_train_timesteps)[::-1].copy()
+        self.prk_timesteps = None
+        self.plms_timesteps = None
+        self.timesteps = None
+        self._schedule_host = np.zeros(0, dtype=np.int64)
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.counter = 0
+        self.ets: list[torch.Tensor] = []
+        self.cur_model_output: Any = 0
+        self.cur_sample = None
+
+    # ------------------------------------------------------------------ schedule
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Build the PRK (12 entries) and PLMS parts of the schedule for ``num_inference_steps`` intervals."""
+        cfg = self.config
+        n = validate_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
+        if not cfg.skip_prk_steps and n < self.pndm_order:
+            raise ValueError(
+                f"num_inference_steps={n} is too small for the Runge-Kutta warm-up, which needs at least "
+                f"{self.pndm_order} steps; use num_inference_steps >= {self.pndm_order} or skip_prk_steps=True"
+            )
+        self.num_inference_steps = n
+        descending = spaced_timesteps(cfg.timestep_spacing, n, cfg.num_train_timesteps, cfg.steps_offset)
+        self._timesteps = descending[::-1].copy()
+        if cfg.skip_prk_steps:
+            # The first interval is taken twice (predictor, then corrector), so its end repeats.
+            self.prk_timesteps = np.array([], dtype=np.int64)
+            self.plms_timesteps = np.concatenate([descending[:2], descending[1:]])
+        else:
+            # Each of the three top intervals [lo, hi] is evaluated at hi, twice at lo + half, and at lo.
+            half = cfg.num_train_timesteps // n // 2
+            prk = []
+            for hi, lo in zip(descending[:3], descending[1:4]):
+                prk += [hi, lo + half, lo + half, lo]
+            self.prk_timesteps = np.asarray(prk, dtype=np.int64)
+            self.plms_timesteps = descending[3:].copy()
+        schedule = np.concatenate([self.prk_timesteps, self.plms_timesteps]).astype(np.int64)
+        self._schedule_host = schedule
+        self.timesteps = torch.from_numpy(schedule.copy()).to(device)
+        self._reset_state()
+
+    def scale_model_input(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """PNDM feeds the model the sample unchanged."""
+        return sample
+
+    def _timestep_value(self, timestep: Any) -> int:
+        value = host_scalar(timestep)
+        if value is None:
+            # An accelerator tensor: the schedule entry for this call, read from the host copy.
+            if self.counter >= len(self._schedule_host):
+                raise ValueError(
+                    f"step called {self.counter + 1} times on a schedule of {len(self._schedule_host)} timesteps; "
+                    "call set_timesteps again"
+                )
+            value = self._schedule_host[self.counter]
+        return int(value)
+
+    def _stride(self) -> int:
+        return self.config.num_train_timesteps // self.num_inference_steps
+
+    # ------------------------------------------------------------------ stepping
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        """One PRK or PLMS step, depending on how far the loop has got."""
+        self._require_timesteps()
+        if not self.config.skip_prk_steps and self.counter < len(self.prk_timesteps):
+            return self.step_prk(model_output, timestep, sample, return_dict=return_dict)
+        return self.step_plms(model_output, timestep, sample, return_dict=return_dict)
+
+    def step_prk(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        """Pseudo Runge-Kutta (PNDM eq. 13): one of the four evaluations of the current interval."""
+        self._require_timesteps()
+        stage = self.counter % 4
+        # Stages 0 and 2 target the midpoint, stages 1 and 3 the end of the interval.
+        target = self._timestep_value(timestep) - (0 if self.counter % 2 else self._stride() // 2)
+        start = int(self.prk_timesteps[self.counter - stage])
+        if stage == 0:
+            self.cur_model_output = self.cur_model_output + 1 / 6 * model_output
+            self.ets.append(model_output)
+            self.cur_sample = sample
+        elif stage in (1, 2):
+            self.cur_model_output = self.cur_model_output + 1 / 3 * model_output
+        else:
+            model_output = self.cur_model_output + 1 / 6 * model_output
+            self.cur_model_output = 0
+        origin = self.cur_sample if self.cur_sample is not None else sample
+        prev_sample = self._transfer(origin, start, target, model_output)
+        self.counter += 1
+        return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
+
+    def step_plms(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        """Pseudo linear multistep (PNDM eq. 12) with the Adams-Bashforth blend of past estimates."""
+        self._require_timesteps()
+        if not self.config.skip_prk_steps and len(self.ets) < 3:
+            raise ValueError(
+                "step_plms needs the 12 Runge-Kutta warm-up steps first (or skip_prk_steps=True); "
+                "call step for every entry of scheduler.timesteps, in order"
+            )
+        t = self._timestep_value(timestep)
+        stride = self._stride()
+        if self.counter == 1:
+            # Corrector pass over the first interval: the timestep given is its end.
+            start, target = t + stride, t
+            estimate = (model_output + self.ets[-1]) / 2
+            sample, self.cur_sample = self.cur_sample, None
+        else:
+            start, target = t, t - stride
+            self.ets = self.ets[-3:] + [model_output]
+            estimate = adams_bashforth(self.ets)
+            if len(self.ets) == 1 and self.counter == 0:
+                self.cur_sample = sample
+        prev_sample = self._transfer(sample, start, target, estimate)
+        self.counter += 1
+        return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
+
+    def _transfer(self, sample: torch.Tensor, t: int, prev_t: int, eps: torch.Tensor) -> torch.Tensor:
+        """The transfer map ``phi(x_t, eps, t, t - delta)`` of PNDM eq. 9 (a DDIM step written in one fraction)."""
+        a_t = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        b_t, b_prev = 1 - a_t, 1 - a_prev
+        if self.config.prediction_type == "v_prediction":
+            eps = a_t**0.5 * eps + b_t**0.5 * sample
+        denominator = a_t * b_prev**0.5 + (a_t * b_t * a_prev) ** 0.5
+        return (a_prev / a_t) ** 0.5 * sample - (a_prev - a_t) * eps / denominator
