@@ -3,9 +3,9 @@
 The reverse process is integrated with the *transfer* map ``phi`` of eq. 9 (a DDIM step driven by a
 noise estimate) and a numerical method choosing which noise estimate to feed it:
 
-* pseudo Runge-Kutta (PRK, eq. 13): four model evaluations per interval (start, twice at the
+* pseudo Runge-Kutta (PRK): four model evaluations per interval (start, twice at the
   midpoint, end), blended with weights 1/6, 1/3, 1/3, 1/6; used for the first three intervals;
-* pseudo linear multistep (PLMS, eq. 12): the fourth-order Adams-Bashforth blend of the last four
+* pseudo linear multistep (PLMS): the fourth-order Adams-Bashforth blend of the last four
   noise estimates, one model evaluation per step.
 
 With ``skip_prk_steps`` the warm-up is the cheaper one used by Stable Diffusion: the first interval
@@ -170,7 +170,7 @@ class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
         sample: torch.Tensor,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple:
-        """Pseudo Runge-Kutta (PNDM eq. 13): one of the four evaluations of the current interval."""
+        """Pseudo Runge-Kutta: one of the four evaluations of the current interval."""
         self._require_timesteps()
         stage = self.counter % 4
         # Stages 0 and 2 target the midpoint, stages 1 and 3 the end of the interval.
@@ -197,7 +197,7 @@ class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
         sample: torch.Tensor,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple:
-        """Pseudo linear multistep (PNDM eq. 12) with the Adams-Bashforth blend of past estimates."""
+        """Pseudo linear multistep with the Adams-Bashforth blend of past estimates."""
         self._require_timesteps()
         if not self.config.skip_prk_steps and len(self.ets) < 3:
             raise ValueError(
