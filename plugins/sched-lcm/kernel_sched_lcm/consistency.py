@@ -1,8 +1,7 @@
 """The timestep schedule shared by consistency-distilled samplers (LCM, TCD).
 
-A consistency model distilled from a diffusion model (Luo et al. 2023, "Latent Consistency Models",
-section 4.2) is trained on a *skipping* schedule: ``original_inference_steps`` evenly spaced training
-timesteps ``k - 1, 2k - 1, ...`` with ``k = num_train_timesteps // original_inference_steps``.  At
+A latent consistency model (Luo et al. 2023, "Latent Consistency Models", skipping-step distillation)
+is trained on a *skipping* schedule: ``original_inference_steps`` evenly spaced training timesteps ``k - 1, 2k - 1, ...`` with ``k = num_train_timesteps // original_inference_steps``.  At
 inference ``num_inference_steps`` of them are picked, evenly by index, from the top down; image to
 image (``strength < 1``) keeps the lower part of the skipping schedule only.
 
@@ -39,7 +38,7 @@ class ConsistencyScheduleMixin(StepIndexMixin, AlphaTableMixin, SchedulerMixin):
     """
 
     order = 1
-    #: sigma_data of the consistency-model boundary condition (Song et al. 2023, Appendix C)
+    #: sigma_data of the consistency-model boundary condition (Song et al. 2023)
     sigma_data = 0.5
 
     def _setup(self) -> None:

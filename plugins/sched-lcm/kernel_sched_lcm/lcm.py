@@ -1,9 +1,9 @@
-"""Multistep latent consistency sampling (Luo et al. 2023, "Latent Consistency Models", Algorithm 3).
+"""Multistep latent consistency sampling (Luo et al. 2023, "Latent Consistency Models").
 
 At each timestep the consistency function ``f(x, t) = c_skip(t) x + c_out(t) x0_theta(x, t)`` maps the
 sample straight to a clean estimate (``denoised``); unless it is the last step, that estimate is
 noised again to the next timestep with fresh Gaussian noise.  ``c_skip`` and ``c_out`` are the
-boundary-condition scalings of Song et al. 2023 ("Consistency Models", Appendix C) evaluated at
+boundary-condition scalings of Song et al. 2023 ("Consistency Models") evaluated at
 ``timestep * timestep_scaling``.
 """
 
