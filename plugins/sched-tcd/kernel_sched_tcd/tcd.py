@@ -1,5 +1,5 @@
 """Trajectory consistency distillation sampling (Zheng et al. 2024, "Trajectory Consistency
-Distillation", section 4.3, strategic stochastic sampling, eq. 11-12).
+Distillation", strategic stochastic sampling).
 
 From ``x_t`` the model's ``(x0, eps)`` estimates jump to an intermediate timestep
 ``s = floor((1 - gamma) * t_next)`` along the deterministic DDIM path (``pred_noised_sample``); then,
