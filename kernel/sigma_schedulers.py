@@ -84,6 +84,17 @@ def host_scalar(value: Any) -> float | int | None:
     raise TypeError(f"timestep must be a number or a scalar tensor, got {type(value).__name__}")
 
 
+def host_int(value: Any) -> int:
+    """``value`` as a Python int for schedulers whose timestep decides control flow.
+
+    A number or CPU tensor is read for free; an accelerator tensor is copied once (a sync): pass
+    CPU timesteps (``set_timesteps`` without ``device``) to keep such a loop sync-free.
+    """
+    if isinstance(value, torch.Tensor) and value.device.type != "cpu":
+        value = value.detach().to("cpu")
+    return int(host_scalar(value))
+
+
 def as_host_array(values: Any) -> np.ndarray:
     """A numpy copy of a schedule given as list, array or tensor (tensors are copied to the CPU once)."""
     if isinstance(values, torch.Tensor):
@@ -100,19 +111,55 @@ def match_index(schedule: np.ndarray, value: float | int, *, first: bool = False
     """
     hits = np.flatnonzero(schedule == np.asarray(value, dtype=schedule.dtype))
     if hits.size == 0:
-        raise ValueError(f"timestep {value} is not one of the scheduler's timesteps {schedule.tolist()}")
+        raise ValueError(
+            f"timestep {value} is not one of the scheduler's timesteps {schedule.tolist()}; "
+            "pass one of scheduler.timesteps (call set_timesteps first)"
+        )
     return int(hits[0] if first or hits.size == 1 else hits[1])
+
+
+def position_in(view: torch.Tensor, table: torch.Tensor) -> int | None:
+    """Index of a one-element ``view`` inside the 1-D ``table`` when it shares its storage, else ``None``.
+
+    The normal loop ``for t in scheduler.timesteps`` hands ``step`` views of the device-resident
+    schedule; their storage offset says where they are without copying a value to the host.
+    """
+    if not isinstance(table, torch.Tensor) or view.numel() != 1 or table.ndim != 1 or table.numel() == 0:
+        return None
+    if view.dtype != table.dtype or view.device != table.device:
+        return None
+    try:
+        if view.untyped_storage().data_ptr() != table.untyped_storage().data_ptr():
+            return None
+    except (RuntimeError, NotImplementedError):  # tensors without storage (functional tensors)
+        return None
+    offset = view.storage_offset() - table.storage_offset()
+    stride = table.stride(0)
+    if stride <= 0 or offset < 0 or offset % stride:
+        return None
+    pos = offset // stride
+    return pos if pos < table.shape[0] else None
 
 
 class StepIndexMixin:
     """``step_index`` / ``begin_index`` bookkeeping over a host copy of ``timesteps``.
 
-    Subclasses keep ``self._schedule_host`` (numpy) in step with ``self.timesteps``.
+    Subclasses keep ``self._schedule_host`` (numpy) in step with ``self.timesteps`` (or use
+    :class:`MirroredTimestepsMixin`, which does it for them).  A timestep handed over as a number
+    or CPU tensor is looked up in the host copy; one that is an element of the device-resident
+    ``timesteps`` is found by its storage offset.  Any other accelerator timestep is, with
+    ``_read_device_timesteps`` false (the default), taken to be the schedule entry at the current
+    step index; with it true it is copied to the host once.
     """
 
     _step_index: int | None = None
     _begin_index: int | None = None
     _schedule_host: np.ndarray
+    #: what a timestep missing from the schedule gives: ``"error"`` or ``"last"`` (the last index,
+    #: as the DPM-Solver family does)
+    _missing_timestep = "error"
+    #: whether a device timestep that is not an element of ``timesteps`` may be copied to the host
+    _read_device_timesteps = False
 
     @property
     def step_index(self) -> int | None:
@@ -134,13 +181,32 @@ class StepIndexMixin:
         self._step_index = None
         self._begin_index = None
 
+    def _host_timestep(self, timestep: Any) -> float | int | None:
+        """``timestep`` as a Python number without a device sync, or ``None`` if that is impossible."""
+        value = host_scalar(timestep)
+        if value is not None:
+            return value
+        pos = position_in(timestep, getattr(self, "timesteps", None))
+        if pos is not None:
+            return self._schedule_host[pos].item()
+        if self._read_device_timesteps:  # one copy of a device timestep we did not hand out
+            return host_scalar(timestep.detach().to("cpu"))
+        return None
+
+    def _index_of(self, value: float | int, schedule: np.ndarray | None = None) -> int:
+        """Index of ``value`` in the schedule (second match where it repeats), per ``_missing_timestep``."""
+        schedule = self._schedule_host if schedule is None else schedule
+        if self._missing_timestep == "last" and not np.any(schedule == np.asarray(value, dtype=schedule.dtype)):
+            return len(schedule) - 1
+        return match_index(schedule, value)
+
     def index_for_timestep(self, timestep: Any, schedule_timesteps: Any = None) -> int:
         """Index of ``timestep`` in the schedule (the second match where the schedule repeats it)."""
-        schedule = self._schedule_host if schedule_timesteps is None else as_host_array(schedule_timesteps)
-        value = host_scalar(timestep)
+        schedule = None if schedule_timesteps is None else as_host_array(schedule_timesteps)
+        value = self._host_timestep(timestep)
         if value is None:
             raise ValueError("index_for_timestep needs a CPU timestep; move it with .cpu() first")
-        return match_index(schedule, value)
+        return self._index_of(value, schedule)
 
     def _position(self) -> int:
         if self._step_index is not None:
@@ -173,9 +239,38 @@ class StepIndexMixin:
         if self._begin_index is not None:
             self._step_index = self._begin_index
             return
-        value = host_scalar(timestep)
-        # An accelerator timestep cannot be read without a sync: the loop starts at the beginning.
-        self._step_index = 0 if value is None else match_index(self._schedule_host, value)
+        value = self._host_timestep(timestep)
+        # An unknown accelerator timestep cannot be read without a sync: the loop starts at the beginning.
+        self._step_index = 0 if value is None else self._index_of(value)
+
+    def _step_indices_for(self, timesteps: Any) -> list[int]:
+        """Step indices of a batch of timesteps (``add_noise``): ``begin_index`` once set, else looked up."""
+        if self._begin_index is not None:
+            n = torch.as_tensor(timesteps).reshape(-1).shape[0]
+            return [self._step_index if self._step_index is not None else self._begin_index] * n
+        host = torch.as_tensor(timesteps).detach().to("cpu").reshape(-1)
+        return [self._index_of(host_scalar(t)) for t in host]
+
+
+class MirroredTimestepsMixin(StepIndexMixin):
+    """:class:`StepIndexMixin` whose ``timesteps`` attribute keeps the host copy up to date itself."""
+
+    _read_device_timesteps = True
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        return self._timesteps
+
+    @timesteps.setter
+    def timesteps(self, value: Any) -> None:
+        value = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        self._store_timesteps(value.detach().to("cpu"), None)
+        self._timesteps = value
+
+    def _store_timesteps(self, host: torch.Tensor, device: Any) -> None:
+        """Publish the CPU tensor ``host`` as ``timesteps`` on ``device`` (no copy back from the device)."""
+        self._schedule_host = host.numpy()
+        self._timesteps = host.to(device) if device is not None else host
 
 
 # ---------------------------------------------------------------------------- alpha tables

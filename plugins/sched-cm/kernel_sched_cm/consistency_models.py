@@ -20,6 +20,7 @@ import torch
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
 from kernel.scheduling import SchedulerMixin, randn_tensor, validate_num_inference_steps
+from kernel.sigma_schedulers import StepIndexMixin
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,13 @@ class CMStochasticIterativeSchedulerOutput(BaseOutput):
     prev_sample: torch.Tensor
 
 
-class CMStochasticIterativeScheduler(SchedulerMixin):
-    """Consistency-model sampler; config keys as Diffusers'."""
+class CMStochasticIterativeScheduler(StepIndexMixin, SchedulerMixin):
+    """Consistency-model sampler; config keys as Diffusers'.
+
+    A device timestep that is not an element of ``timesteps`` is read once, as Diffusers does.
+    """
+
+    _read_device_timesteps = True
 
     order = 1
 
@@ -55,14 +61,13 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         self.custom_timesteps = False
         self.is_scale_input_called = False
         self._store(torch.from_numpy(self.sigma_to_t(sigmas)), torch.from_numpy(sigmas))
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
 
     def _store(self, timesteps: torch.Tensor, sigmas: torch.Tensor) -> None:
         self.timesteps = timesteps
         self.sigmas = sigmas.to("cpu")
-        self._timesteps_host = timesteps.detach().cpu().double().numpy()
+        self._schedule_host = timesteps.detach().cpu().numpy()
         self._sigma_host = self.sigmas.numpy()
+        self._reset_step_index()
 
     def _karras(self, ramp: np.ndarray) -> np.ndarray:
         cfg = self.config
@@ -73,30 +78,6 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         """The network's time input for a noise level: ``1000 * 0.25 * log(sigma)``."""
         sigmas = np.asarray(sigmas, dtype=np.float64) if not isinstance(sigmas, np.ndarray) else sigmas
         return 250.0 * np.log(sigmas + 1e-44)
-
-    # ---------------------------------------------------------------- step index
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = int(begin_index)
-
-    def index_for_timestep(self, timestep: Any, schedule_timesteps: Any = None) -> int:
-        """Position of ``timestep`` in the schedule (the second match when it repeats)."""
-        table = self._timesteps_host if schedule_timesteps is None else torch.as_tensor(schedule_timesteps).cpu().double().numpy()
-        value = float(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
-        hits = np.flatnonzero(table == value)
-        if hits.size == 0:
-            raise ValueError(f"timestep={value} is not one of scheduler.timesteps (call set_timesteps first)")
-        return int(hits[1] if hits.size > 1 else hits[0])
-
-    def _init_step_index(self, timestep: Any) -> None:
-        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
 
     # ---------------------------------------------------------------- schedule
     def set_timesteps(
@@ -132,8 +113,6 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         if device is not None:
             ts = ts.to(device, dtype=torch.float32) if str(device).startswith("mps") else ts.to(device)
         self._store(ts, torch.from_numpy(sigmas))
-        self._step_index = None
-        self._begin_index = None
 
     def _require_timesteps(self) -> None:
         if self.num_inference_steps is None and not self.custom_timesteps:
@@ -205,10 +184,6 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x0 + sigma(t) * noise`` (variance-exploding forward process)."""
-        ts = timesteps.reshape(-1) if isinstance(timesteps, torch.Tensor) else torch.as_tensor(timesteps).reshape(-1)
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in ts]
-        else:
-            idx = [self._step_index if self._step_index is not None else self._begin_index] * ts.shape[0]
+        idx = self._step_indices_for(timesteps)
         sigma = torch.tensor(self._sigma_host[idx], dtype=original_samples.dtype, device=original_samples.device)
         return original_samples + noise * sigma.reshape(-1, *([1] * (original_samples.ndim - 1)))

@@ -74,7 +74,7 @@ def test_bad_input():
     sched.set_timesteps(2)
     with pytest.raises(ValueError, match="integer timestep"):
         sched.step(x, 0, x)
-    with pytest.raises(ValueError, match="not one of scheduler.timesteps"):
+    with pytest.raises(ValueError, match="not one of the scheduler.s timesteps"):
         sched.step(x, torch.tensor(0.123), x)
 
 

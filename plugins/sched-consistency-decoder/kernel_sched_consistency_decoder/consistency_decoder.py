@@ -23,6 +23,7 @@ import torch
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
 from kernel.scheduling import SchedulerMixin, betas_for_alpha_bar, randn_tensor
+from kernel.sigma_schedulers import host_int
 
 #: The timesteps the released decoder was distilled for.
 DECODER_TIMESTEPS = (1008, 512)
@@ -33,10 +34,6 @@ class ConsistencyDecoderSchedulerOutput(BaseOutput):
     """prev_sample: the re-noised sample for the next step, or the decoded image after the last."""
 
     prev_sample: torch.Tensor
-
-
-def _int(t: Any) -> int:
-    return int(t.item()) if isinstance(t, torch.Tensor) else int(t)
 
 
 class ConsistencyDecoderScheduler(SchedulerMixin):
@@ -81,7 +78,7 @@ class ConsistencyDecoderScheduler(SchedulerMixin):
         return self.sqrt_one_minus_alphas_cumprod[self._host_steps[0]]
 
     def _position(self, timestep: Any) -> int:
-        t = _int(timestep)
+        t = host_int(timestep)
         if t not in self._host_steps:
             raise ValueError(f"timestep={t} is not one of scheduler.timesteps {list(self._host_steps)}")
         return self._host_steps.index(t)

@@ -16,6 +16,7 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.scheduling import SchedulerOutput, check_choice, validate_num_inference_steps
+from kernel.sigma_schedulers import KARRAS_COMPATIBLES
 from kernel_sched_dpmsolver.discrete import (
     DiscreteSolverBase,
     check_solver_order,
@@ -23,7 +24,6 @@ from kernel_sched_dpmsolver.discrete import (
     resolve_alias,
 )
 from kernel_sched_dpmsolver.solver_math import first_order_update, multistep_order
-from kernel_sched_dpmsolver.stepping import KARRAS_COMPATIBLES
 
 
 def _log(x: torch.Tensor) -> torch.Tensor:

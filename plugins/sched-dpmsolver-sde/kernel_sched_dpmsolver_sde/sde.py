@@ -29,7 +29,7 @@ from kernel.scheduling import (
     sigmas_from_alphas_cumprod,
     validate_num_inference_steps,
 )
-from kernel_sched_dpmsolver.stepping import KARRAS_COMPATIBLES, StepIndexMixin
+from kernel.sigma_schedulers import KARRAS_COMPATIBLES, MirroredTimestepsMixin
 
 from .brownian import BrownianTreeNoiseSampler
 
@@ -50,7 +50,7 @@ def _time_of(sigma: Any) -> Any:
     return -(sigma.log()) if isinstance(sigma, torch.Tensor) else -np.log(sigma)
 
 
-class DPMSolverSDEScheduler(StepIndexMixin, SchedulerMixin):
+class DPMSolverSDEScheduler(MirroredTimestepsMixin, SchedulerMixin):
     """Stochastic second-order DPM-Solver++ (2S) with Brownian-tree noise.
 
     ``noise_sampler_seed`` fixes the Brownian path; ``step`` takes no generator.
@@ -130,8 +130,7 @@ class DPMSolverSDEScheduler(StepIndexMixin, SchedulerMixin):
         ts[1::2] = torch.from_numpy(mid_timesteps)
         if str(device).startswith("mps"):
             ts = ts.to(torch.float32)
-        self._timesteps_host = ts
-        self._timesteps = ts.to(device) if device is not None else ts
+        self._store_timesteps(ts, device)
         self.sample = None
         self.mid_point_sigma = None
         self._step_index = None

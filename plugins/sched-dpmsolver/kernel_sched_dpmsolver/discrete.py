@@ -222,8 +222,7 @@ class DiscreteSolverBase(StepIndexMixin, SchedulerMixin):
         """Store the float32 sigma table on the host and the int64 timesteps on ``device``."""
         self.sigmas = torch.from_numpy(np.asarray(sigmas, dtype=np.float32))
         timesteps = torch.from_numpy(np.asarray(timesteps)).to(dtype=torch.int64)
-        self._timesteps_host = timesteps
-        self._timesteps = timesteps.to(device) if device is not None else timesteps
+        self._store_timesteps(timesteps, device)
         self.num_inference_steps = len(timesteps)
         self._step_index = None
         self._begin_index = None

@@ -11,11 +11,11 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.scheduling import check_choice, validate_num_inference_steps
+from kernel.sigma_schedulers import KARRAS_COMPATIBLES
 
 from .discrete import flow_shifted
 from .multistep import VARIANCE_TYPES, DPMSolverMultistepScheduler
 from .solver_math import multistep_order
-from .stepping import KARRAS_COMPATIBLES
 
 
 class DPMSolverMultistepInverseScheduler(DPMSolverMultistepScheduler):

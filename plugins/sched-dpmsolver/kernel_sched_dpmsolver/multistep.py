@@ -15,6 +15,7 @@ from kernel.scheduling import (
     validate_custom_schedule,
     validate_num_inference_steps,
 )
+from kernel.sigma_schedulers import KARRAS_COMPATIBLES
 
 from .discrete import (
     DiscreteSolverBase,
@@ -30,7 +31,6 @@ from .solver_math import (
     multistep_order,
     multistep_update,
 )
-from .stepping import KARRAS_COMPATIBLES
 
 #: Values other solvers use for the same keys, accepted so configs can be swapped (as Diffusers does).
 ALGORITHM_ALIASES = {"deis": "dpmsolver++"}

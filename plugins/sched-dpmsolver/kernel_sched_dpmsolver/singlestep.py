@@ -16,11 +16,11 @@ from kernel.scheduling import (
     validate_custom_schedule,
     validate_num_inference_steps,
 )
+from kernel.sigma_schedulers import KARRAS_COMPATIBLES
 
 from .multistep import ALGORITHM_ALIASES, SOLVER_ALIASES, VARIANCE_TYPES, DPMSolverMultistepScheduler
 from .discrete import check_solver_order, resolve_alias
 from .solver_math import FINAL_SIGMAS_TYPES, SOLVER_TYPES, singlestep_update
-from .stepping import KARRAS_COMPATIBLES
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from kernel.scheduling import SchedulerMixin, broadcast_to, check_choice
-from kernel_sched_dpmsolver.stepping import StepIndexMixin
+from kernel.sigma_schedulers import MirroredTimestepsMixin
 
 SIGMA_SCHEDULES = ("karras", "exponential")
 
 
-class EDMPreconditioning(StepIndexMixin, SchedulerMixin):
+class EDMPreconditioning(MirroredTimestepsMixin, SchedulerMixin):
     """Shared by the EDM-style (variance-exploding, ``x = x0 + sigma eps``) schedulers."""
 
     _missing_timestep = "last"
@@ -95,8 +95,7 @@ class EDMPreconditioning(StepIndexMixin, SchedulerMixin):
         """Grid ``sigmas`` (float32, host) plus the final one; timesteps ``c_noise(sigma)`` on ``device``."""
         sigmas = sigmas.to(torch.float32)
         timesteps = self.precondition_noise(sigmas)
-        self._timesteps_host = timesteps
-        self._timesteps = timesteps.to(device) if device is not None else timesteps
+        self._store_timesteps(timesteps, device)
         self.sigmas = torch.cat([sigmas, torch.full((1,), float(last), dtype=torch.float32)])
         self._step_index = None
         self._begin_index = None

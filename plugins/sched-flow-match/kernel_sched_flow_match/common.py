@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from kernel.scheduling import SchedulerMixin
+from kernel.sigma_schedulers import StepIndexMixin
 
 
 def calculate_shift(
@@ -48,64 +49,31 @@ def reject_integer_timestep(timestep: Any, cls_name: str) -> None:
         )
 
 
-class FlowMatchSchedulerBase(SchedulerMixin):
-    """Step-index bookkeeping, ``scale_noise``/``add_noise`` and the identity input scaling."""
+class FlowMatchSchedulerBase(StepIndexMixin, SchedulerMixin):
+    """Step-index bookkeeping (the kernel's), ``scale_noise``/``add_noise`` and the identity input scaling.
+
+    A timestep not in the schedule is an error; a device timestep that is not an element of
+    ``timesteps`` is read once (as Diffusers does).
+    """
 
     init_noise_sigma = 1.0
-
-    def _reset_index(self) -> None:
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
-
-    # -------------------------------------------------------------- step index
-    @property
-    def step_index(self) -> int | None:
-        """Index of the next sigma to use; advances by one per ``step``."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """First index to use (pipelines set it for img2img with ``set_begin_index``)."""
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = int(begin_index)
-
-    def index_for_timestep(self, timestep: Any, schedule_timesteps: Any = None) -> int:
-        """Position of ``timestep`` in the schedule; the second match when it repeats (img2img convention)."""
-        table = self._timesteps_host if schedule_timesteps is None else _host(schedule_timesteps)
-        value = float(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
-        hits = np.flatnonzero(table == value)
-        if hits.size == 0:
-            raise ValueError(
-                f"timestep={value} is not in this scheduler's timesteps; pass one of scheduler.timesteps "
-                "(call set_timesteps first)"
-            )
-        return int(hits[1] if hits.size > 1 else hits[0])
-
-    def _init_step_index(self, timestep: Any) -> None:
-        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+    _read_device_timesteps = True
 
     def _set_tables(self, timesteps: torch.Tensor, sigmas: torch.Tensor) -> None:
         self.timesteps = timesteps
         self.sigmas = sigmas.to("cpu")
-        self._timesteps_host = _host(timesteps)
+        self._schedule_host = timesteps.detach().to("cpu").numpy()
         self._sigma_table = self.sigmas.numpy().astype(np.float32)
 
     # -------------------------------------------------------------- forward process
-    def _sigmas_for(self, timestep: Any, batch: int) -> list[float]:
-        if self._begin_index is None:
-            ts = timestep.reshape(-1) if isinstance(timestep, torch.Tensor) else torch.as_tensor(timestep).reshape(-1)
-            return [float(self._sigma_table[self.index_for_timestep(t)]) for t in ts]
-        index = self._step_index if self._step_index is not None else self._begin_index
-        return [float(self._sigma_table[index])] * batch
+    def _sigmas_for(self, timestep: Any) -> list[float]:
+        return [float(self._sigma_table[i]) for i in self._step_indices_for(timestep)]
 
     def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Flow-matching forward process ``x_sigma = sigma * noise + (1 - sigma) * sample``."""
         if noise is None:
             raise ValueError("scale_noise needs noise=<tensor shaped like sample>")
-        batch = timestep.reshape(-1).shape[0] if isinstance(timestep, torch.Tensor) else 1
-        sigma = torch.tensor(self._sigmas_for(timestep, batch), dtype=sample.dtype, device=sample.device)
+        sigma = torch.tensor(self._sigmas_for(timestep), dtype=sample.dtype, device=sample.device)
         sigma = sigma.reshape(-1, *([1] * (sample.ndim - 1)))
         return sigma * noise + (1.0 - sigma) * sample
 
@@ -121,10 +89,20 @@ class FlowMatchSchedulerBase(SchedulerMixin):
         return sigma * self.config.num_train_timesteps
 
 
-def _host(values: Any) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        return values.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(values, dtype=np.float64)
+class TimeShiftMixin:
+    """``time_shift`` and ``stretch_shift_to_terminal`` of the flow-sigma schedulers (Flux, LTX-Video)."""
+
+    def time_shift(self, mu: float, sigma: float, t: Any) -> Any:
+        """Resolution-dependent shift of ``t`` by ``mu`` (``config.time_shift_type`` picks the form)."""
+        if self.config.time_shift_type == "linear":
+            return linear_time_shift(mu, sigma, t)
+        return exponential_time_shift(mu, sigma, t)
+
+    def stretch_shift_to_terminal(self, t: Any) -> Any:
+        """Rescale ``1 - t`` so the last value of the schedule equals ``config.shift_terminal`` (LTX-Video)."""
+        one_minus = 1 - t
+        scale = one_minus[-1] / (1 - self.config.shift_terminal)
+        return 1 - one_minus / scale
 
 
 def exponential_time_shift(mu: float, sigma: float, t: Any) -> Any:

@@ -32,8 +32,7 @@ from kernel.scheduling import (
 )
 from kernel_sched_flow_match.common import (
     FlowMatchSchedulerBase,
-    exponential_time_shift,
-    linear_time_shift,
+    TimeShiftMixin,
     reject_integer_timestep,
     shift_sigmas,
 )
@@ -48,7 +47,7 @@ class FlowMatchEulerDiscreteSchedulerOutput(BaseOutput):
     prev_sample: torch.Tensor
 
 
-class FlowMatchEulerDiscreteScheduler(FlowMatchSchedulerBase):
+class FlowMatchEulerDiscreteScheduler(TimeShiftMixin, FlowMatchSchedulerBase):
     """Euler integration of the flow-matching ODE; config keys as Diffusers'."""
 
     _compatibles = ()
@@ -86,7 +85,7 @@ class FlowMatchEulerDiscreteScheduler(FlowMatchSchedulerBase):
         self.sigma_min = float(sigmas[-1])
         self.sigma_max = float(sigmas[0])
         self.num_inference_steps: int | None = None
-        self._reset_index()
+        self._reset_step_index()
 
     # ------------------------------------------------------------------ shift
     @property
@@ -97,22 +96,14 @@ class FlowMatchEulerDiscreteScheduler(FlowMatchSchedulerBase):
     def set_shift(self, shift: float) -> None:
         self._shift = shift
 
-    def time_shift(self, mu: float, sigma: float, t: Any) -> Any:
-        """Resolution-dependent shift of ``t`` by ``mu`` (``time_shift_type`` picks the form)."""
-        if self.config.time_shift_type == "linear":
-            return linear_time_shift(mu, sigma, t)
-        return exponential_time_shift(mu, sigma, t)
-
     def stretch_shift_to_terminal(self, t: Any) -> Any:
-        """Rescale ``1 - t`` so the last value of the schedule equals ``shift_terminal`` (LTX-Video)."""
-        one_minus = 1 - t
-        if float(one_minus[-1]) == 0.0:
+        """As :class:`TimeShiftMixin`'s, but a schedule ending at sigma=1 is an error, not a division by zero."""
+        if float(1 - t[-1]) == 0.0:
             raise ValueError(
                 "shift_terminal cannot stretch a schedule that ends at sigma=1 "
                 "(use num_inference_steps >= 2 or a custom schedule ending below 1)"
             )
-        scale = one_minus[-1] / (1 - self.config.shift_terminal)
-        return 1 - one_minus / scale
+        return super().stretch_shift_to_terminal(t)
 
     # ------------------------------------------------------------------ schedule
     def set_timesteps(
@@ -178,7 +169,7 @@ class FlowMatchEulerDiscreteScheduler(FlowMatchSchedulerBase):
         else:
             sigmas_t = torch.cat([sigmas_t, torch.zeros(1)])
         self._set_tables(timesteps_t.to(device) if device is not None else timesteps_t, sigmas_t)
-        self._reset_index()
+        self._reset_step_index()
 
     def _respace(self, sigmas: np.ndarray, n: int) -> np.ndarray:
         cfg = self.config

@@ -44,7 +44,7 @@ class FlowMatchHeunDiscreteScheduler(FlowMatchSchedulerBase):
         self.sigma_max = float(sigmas[0])
         self.num_inference_steps: int | None = None
         self._clear_predictor()
-        self._reset_index()
+        self._reset_step_index()
 
     def _clear_predictor(self) -> None:
         self.prev_derivative = None
@@ -77,7 +77,7 @@ class FlowMatchHeunDiscreteScheduler(FlowMatchSchedulerBase):
         sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
         self._set_tables(timesteps.to(device) if device is not None else timesteps, sigmas)
         self._clear_predictor()
-        self._reset_index()
+        self._reset_step_index()
 
     def step(
         self,

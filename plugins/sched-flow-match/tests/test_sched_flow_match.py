@@ -202,7 +202,7 @@ def test_step_errors(cls):
     sched.set_timesteps(2)
     with pytest.raises(ValueError, match="integer timestep"):
         sched.step(x, 3, x)
-    with pytest.raises(ValueError, match="not in this scheduler's timesteps"):
+    with pytest.raises(ValueError, match="not one of the scheduler.s timesteps"):
         sched.step(x, torch.tensor(123.456), x)
     for t in sched.timesteps:
         x = sched.step(x, t, x).prev_sample

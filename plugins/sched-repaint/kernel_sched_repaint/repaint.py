@@ -19,6 +19,7 @@ import torch
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
 from kernel.scheduling import SchedulerMixin, make_betas, randn_tensor, validate_num_inference_steps
+from kernel.sigma_schedulers import host_int
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
@@ -29,11 +30,6 @@ class RePaintSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor
-
-
-def _int(t: Any) -> int:
-    # The timestep picks table entries and branches; it is read on the host (free for CPU timesteps).
-    return int(t.item()) if isinstance(t, torch.Tensor) else int(t)
 
 
 def repaint_schedule(num_inference_steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
@@ -124,7 +120,7 @@ class RePaintScheduler(SchedulerMixin):
     ) -> RePaintSchedulerOutput | tuple:
         """One reverse step; ``mask`` is 1 where ``original_image`` is known and kept."""
         self._require_timesteps()
-        t = _int(timestep)
+        t = host_int(timestep)
         if not 0 <= t < self.config.num_train_timesteps:
             raise ValueError(f"timestep={t} is outside [0, {self.config.num_train_timesteps})")
         a_t, a_prev = self.alphas_cumprod[t], self._alpha_bar_prev(t)
@@ -148,7 +144,7 @@ class RePaintScheduler(SchedulerMixin):
     def undo_step(self, sample: torch.Tensor, timestep: int | torch.Tensor, generator: torch.Generator | None = None):
         """Go back up ``stride`` forward steps: ``x <- sqrt(1 - beta) x + sqrt(beta) noise`` for each."""
         stride = self._stride()
-        t = _int(timestep)
+        t = host_int(timestep)
         if not (0 <= t and t + stride <= self.config.num_train_timesteps):
             raise ValueError(f"undo_step timestep={t} is outside [0, {self.config.num_train_timesteps - stride}]")
         for i in range(stride):

@@ -26,6 +26,7 @@ from kernel.scheduling import (
     randn_tensor,
     validate_num_inference_steps,
 )
+from kernel.sigma_schedulers import host_int
 
 VARIANCE_TYPES = ("fixed_small_log", "learned_range")
 PREDICTION_TYPES = ("epsilon", "sample")
@@ -37,12 +38,6 @@ class UnCLIPSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
-
-
-def _int(t: Any) -> int:
-    # Timesteps decide control flow (and whether noise is drawn), so they are read on the host;
-    # pass CPU timesteps (the default of set_timesteps) to keep the loop free of device syncs.
-    return int(t.item()) if isinstance(t, torch.Tensor) else int(t)
 
 
 class UnCLIPScheduler(SchedulerMixin):
@@ -104,8 +99,8 @@ class UnCLIPScheduler(SchedulerMixin):
         variance_type: str | None = None,
     ) -> torch.Tensor:
         """Std (``fixed_small_log``) or log-variance (``learned_range``) of ``q(x_prev | x_t, x0)``."""
-        t = _int(t)
-        prev_t = t - 1 if prev_timestep is None else _int(prev_timestep)
+        t = host_int(t)
+        prev_t = t - 1 if prev_timestep is None else host_int(prev_timestep)
         a_t, a_prev, beta, _ = self._jump(t, prev_t)
         posterior_var = (1 - a_prev) / (1 - a_t) * beta
         kind = variance_type or self.config.variance_type
@@ -126,10 +121,10 @@ class UnCLIPScheduler(SchedulerMixin):
         return_dict: bool = True,
     ) -> UnCLIPSchedulerOutput | tuple:
         """One ancestral step from ``timestep`` to ``prev_timestep`` (default ``timestep - 1``)."""
-        t = _int(timestep)
+        t = host_int(timestep)
         if not 0 <= t < self.config.num_train_timesteps:
             raise ValueError(f"timestep={t} is outside [0, {self.config.num_train_timesteps})")
-        prev_t = t - 1 if prev_timestep is None else _int(prev_timestep)
+        prev_t = t - 1 if prev_timestep is None else host_int(prev_timestep)
         if prev_t >= t:
             raise ValueError(f"prev_timestep={prev_t} must be smaller than timestep={t}")
         learned = self.variance_type == "learned_range"

@@ -24,6 +24,7 @@ from kernel.scheduling import (
     validate_custom_schedule,
     validate_num_inference_steps,
 )
+from kernel.sigma_schedulers import KARRAS_COMPATIBLES
 from kernel_sched_dpmsolver.discrete import (
     DiscreteSolverBase,
     check_solver_order,
@@ -33,8 +34,7 @@ from kernel_sched_dpmsolver.discrete import (
     to_noise_prediction,
 )
 from kernel_sched_dpmsolver.solver_math import FINAL_SIGMAS_TYPES, half_log_snr, linear_combination
-from kernel_sched_dpmsolver.stepping import KARRAS_COMPATIBLES
-from kernel_sched_flow_match.common import exponential_time_shift, linear_time_shift
+from kernel_sched_flow_match.common import TimeShiftMixin
 
 SOLVER_TYPES = ("bh1", "bh2")
 SOLVER_ALIASES = {"midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}
@@ -61,7 +61,7 @@ def unipc_system(h: torch.Tensor, rks: list[torch.Tensor], predict_x0: bool, sol
     return h_phi_1, b_h, torch.stack(rows), torch.stack(rhs)
 
 
-class UniPCMultistepScheduler(DiscreteSolverBase):
+class UniPCMultistepScheduler(TimeShiftMixin, DiscreteSolverBase):
     """UniPC with data (``predict_x0=True``) or noise prediction, orders 1-3 (higher allowed)."""
 
     _compatibles = KARRAS_COMPATIBLES
@@ -120,18 +120,6 @@ class UniPCMultistepScheduler(DiscreteSolverBase):
         self.this_order = None
 
     # ------------------------------------------------------------------ schedule
-    def time_shift(self, mu: float, sigma: float, t: Any) -> Any:
-        """Resolution-dependent shift of flow sigmas by ``mu`` (``time_shift_type`` picks the form)."""
-        if self.config.time_shift_type == "linear":
-            return linear_time_shift(mu, sigma, t)
-        return exponential_time_shift(mu, sigma, t)
-
-    def stretch_shift_to_terminal(self, t: np.ndarray) -> np.ndarray:
-        """Rescale ``1 - t`` so the schedule ends at ``shift_terminal`` (LTX-Video)."""
-        one_minus = 1 - t
-        scale = one_minus[-1] / (1 - self.config.shift_terminal)
-        return 1 - one_minus / scale
-
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,

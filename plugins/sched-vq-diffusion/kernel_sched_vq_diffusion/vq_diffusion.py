@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
 from kernel.scheduling import SchedulerMixin, validate_num_inference_steps
+from kernel.sigma_schedulers import host_int
 
 
 @dataclasses.dataclass
@@ -70,10 +71,6 @@ def gamma_schedules(
     keep = 1 - padded
     step = 1 - keep[1:] / keep[:-1]
     return step, np.concatenate((padded[1:], [0]))
-
-
-def _int(t: Any) -> int:
-    return int(t.item()) if isinstance(t, torch.Tensor) else int(t)
 
 
 class VQDiffusionScheduler(SchedulerMixin):
@@ -129,7 +126,7 @@ class VQDiffusionScheduler(SchedulerMixin):
         return_dict: bool = True,
     ) -> VQDiffusionSchedulerOutput | tuple:
         """Draw ``x_{t-1}`` from ``p(x_{t-1} | x_t)`` given ``model_output = log p(x0 | x_t)`` ``[B, K-1, L]``."""
-        t = _int(timestep)
+        t = host_int(timestep)
         if not 0 <= t < self.config.num_train_timesteps:
             raise ValueError(f"timestep={t} is outside [0, {self.config.num_train_timesteps})")
         if model_output.ndim != 3 or model_output.shape[1] != self.num_embed - 1:
@@ -145,7 +142,7 @@ class VQDiffusionScheduler(SchedulerMixin):
 
     def q_posterior(self, log_p_x_0: torch.Tensor, x_t: torch.LongTensor, t: int | torch.Tensor) -> torch.Tensor:
         """``log p(x_{t-1} | x_t)`` ``[B, K, L]`` from the model's ``log p(x0 | x_t)`` (eq. 11, in log space)."""
-        t = _int(t)
+        t = host_int(t)
         log_onehot = index_to_log_onehot(x_t, self.num_embed)
         log_q_xt_given_x0 = self.log_Q_t_transitioning_to_known_class(
             t=t, x_t=x_t, log_onehot_x_t=log_onehot, cumulative=True
@@ -166,7 +163,7 @@ class VQDiffusionScheduler(SchedulerMixin):
         ``cumulative=True``: ``log q(x_t | x0 = k)`` for the ``K - 1`` real classes k (``[B, K-1, L]``);
         ``cumulative=False``: ``log q(x_t | x_{t-1} = k)`` for all ``K`` classes including the mask.
         """
-        t = _int(t)
+        t = host_int(t)
         if cumulative:
             a, b, c = self.log_cumprod_at[t], self.log_cumprod_bt[t], self.log_cumprod_ct[t]
         else:
@@ -181,7 +178,7 @@ class VQDiffusionScheduler(SchedulerMixin):
 
     def apply_cumulative_transitions(self, q: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """Push a (log) distribution over x0 through ``q(x_t | x0)``: ``[B, K-1, L] -> [B, K, L]``."""
-        t = _int(t)
+        t = host_int(t)
         a, b, c = self.log_cumprod_at[t], self.log_cumprod_bt[t], self.log_cumprod_ct[t]
         q = (q + a).logaddexp(b)
         return torch.cat((q, c.expand(q.shape[0], 1, q.shape[2])), dim=1)
