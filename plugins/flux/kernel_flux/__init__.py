@@ -1,5 +1,6 @@
 """Flux.1 for kernel: the transformer and its pipelines."""
 
+from kernel_flux.inpaint import FluxInpaintPipeline
 from kernel_flux.pipelines import (
     FluxImg2ImgPipeline,
     FluxPipeline,
@@ -12,6 +13,7 @@ from kernel_flux.transformer_flux import FluxSingleTransformerBlock, FluxTransfo
 
 __all__ = [
     "FluxImg2ImgPipeline",
+    "FluxInpaintPipeline",
     "FluxPipeline",
     "FluxPipelineOutput",
     "FluxSingleTransformerBlock",

@@ -1,4 +1,4 @@
-"""Flux.1 pipelines: text-to-image and image-to-image.
+"""Flux.1 pipelines: text-to-image and image-to-image (inpainting: :mod:`kernel_flux.inpaint`).
 
 Latents ``(B, C, H/8, W/8)`` are packed into 2x2 patch tokens (:func:`pack_latents`) with
 (0, row, col) position ids.  The sigma schedule is ``linspace(1, 1/n, n)`` shifted by the
