@@ -122,10 +122,8 @@ def component_name(component: Any) -> str:
 
 
 def _fits_scheduler_shape(obj: Any) -> bool:
-    """Flow-matching schedulers that noise with ``scale_noise`` instead of ``add_noise``."""
-    return all(hasattr(obj, m) for m in ("set_timesteps", "step", "from_config")) and (
-        hasattr(obj, "add_noise") or hasattr(obj, "scale_noise")
-    )
+    """Schedulers without ``add_noise`` (flow matching noises with ``scale_noise``; some only sample)."""
+    return all(hasattr(obj, m) for m in ("set_timesteps", "step", "from_config", "timesteps" if not isinstance(obj, type) else "step"))
 
 
 def detect_kind(obj: Any) -> str | None:
@@ -133,8 +131,8 @@ def detect_kind(obj: Any) -> str | None:
 
     For a class, ``kind_of`` ignores data members, so every ``nn.Module`` with
     ``save_pretrained``/``from_pretrained`` looks like a pipeline; a pipeline class must also
-    have ``components``.  Flow-matching schedulers that noise with ``scale_noise`` count as
-    schedulers.
+    have ``components``.  Schedulers without ``add_noise`` (flow matching's ``scale_noise``, sampling-only
+    ones such as IPNDM) still count as schedulers; the noising contracts then do not apply.
     """
     kind = protocols.kind_of(obj)
     if kind == "pipeline" and isinstance(obj, type) and not hasattr(obj, "components"):

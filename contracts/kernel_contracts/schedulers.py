@@ -103,7 +103,9 @@ def noisify(s: Any, x0: torch.Tensor, noise: torch.Tensor, t: Any) -> torch.Tens
     tb = _as_batch(t, x0.shape[0])
     if hasattr(s, "add_noise"):
         return s.add_noise(x0, noise, tb)
-    return s.scale_noise(x0, tb, noise)
+    if hasattr(s, "scale_noise"):
+        return s.scale_noise(x0, tb, noise)
+    raise NotApplicable("sampling-only scheduler: no add_noise or scale_noise")
 
 
 def scale_input(s: Any, sample: torch.Tensor, t: Any) -> torch.Tensor:
@@ -357,10 +359,12 @@ def step_no_mutation(subject: Subject, ex: dict, opts: dict) -> None:
 def add_noise(subject: Subject, ex: dict, opts: dict) -> None:
     """``add_noise`` keeps the shape, is close to ``x0`` at the least noisy timestep and noisier at the most."""
     s = subject.instance(**ex["config"])
-    try:  # the finest schedule reaches the least noisy timestep
-        s.set_timesteps(min(_num_train(s), 1000))
-    except _REJECTED:  # schedulers with a fixed step count
-        s.set_timesteps(ex["steps"])
+    for n in (min(_num_train(s), 1000), 100, 50, ex["steps"]):  # the finest accepted schedule
+        try:
+            s.set_timesteps(n)
+            break
+        except _REJECTED:  # schedulers with a bounded or fixed step count
+            continue
     ts = timesteps_of(s)
     x0, noise = _clean(ex["shape"], ex["seed"]), _sample(ex["shape"], ex["seed"] + 1)
     t_low = min(ts, key=float) if opts.get("timestep_order", "descending") == "descending" else ts[0]

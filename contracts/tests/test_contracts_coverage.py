@@ -26,7 +26,7 @@ NOT_A_PROTOCOL = {
 PENDING = {
     "AutoPipelineForImage2Image", "AutoPipelineForInpainting", "AutoPipelineForText2Image",
     "AutoencoderTiny", "CLIPPromptConditioner", "CLIPXLPromptConditioner", "DDIMPipeline", "DDPMPipeline",
-    "FluxImg2ImgPipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "FluxTransformer2DModel", "PixArtTransformer2DModel",
+    "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "FluxTransformer2DModel", "PixArtTransformer2DModel",
     "SD3Transformer2DModel", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline",
     "StableDiffusion3Pipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
     "StableDiffusionPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",

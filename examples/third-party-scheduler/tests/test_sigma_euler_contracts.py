@@ -1,0 +1,3 @@
+from kernel_contracts import SchedulerContract
+class TestSigmaEuler(SchedulerContract):
+    component = "SigmaEulerScheduler"
