@@ -29,6 +29,7 @@ from kernel.scheduling import (
     SchedulerMixin,
     broadcast_to,
     check_choice,
+    check_sigma_options,
     convert_sigmas,
     float_spaced_timesteps,
     make_betas,
@@ -371,6 +372,12 @@ class SigmaScheduler(StepIndexMixin, SchedulerMixin):
         if config.get("rescale_betas_zero_snr", False):
             # sigma would be infinite at the zero-SNR step; a tiny alpha_bar keeps it finite.
             self.alphas_cumprod[-1] = 2**-24
+
+    def _setup_sigma_tables(self, prediction_types: Sequence[str], accepted: Sequence[str] = THREE_BETA_SCHEDULES) -> None:
+        """Check ``prediction_type`` and the sigma-spacing flags this class takes, then build the tables."""
+        check_choice("prediction_type", self.config.prediction_type, prediction_types)
+        check_sigma_options(*(bool(self._option(k)) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")))
+        self._build_sigma_tables(self.config, accepted)
 
     def _train_sigmas(self) -> np.ndarray:
         return sigmas_from_alphas_cumprod(self.alphas_cumprod)

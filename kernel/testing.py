@@ -105,3 +105,44 @@ def config_kwargs_for(cls: type, config: dict) -> dict:
     """Keep only the keys ``cls.__init__`` takes (for building a reference with the same config)."""
     params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in config.items() if k in params}
+
+
+def assert_matches_reference_api(
+    ours: type,
+    reference: type,
+    methods: tuple[str, ...] = ("__init__", "set_timesteps", "step"),
+    *,
+    ordered_compatibles: bool = False,
+) -> None:
+    """``ours`` takes the reference's parameters (same names, same order; same ``__init__`` defaults),
+    lists the same ``_compatibles`` and, built with defaults, holds the same config."""
+    for name in methods:
+        ours_p = inspect.signature(getattr(ours, name)).parameters
+        ref_p = inspect.signature(getattr(reference, name)).parameters
+        assert list(ours_p) == list(ref_p), name
+        if name == "__init__":
+            assert all(ours_p[k].default == p.default for k, p in ref_p.items() if k != "self")
+    if ordered_compatibles:
+        assert list(ours._compatibles) == list(reference._compatibles)
+    else:
+        assert set(ours._compatibles) == set(reference._compatibles)
+    assert_same_config(ours(), reference())
+
+
+def assert_same_config(ours: Any, theirs: Any) -> None:
+    """Both configs hold the same keys and values (the reference's private ``_`` keys aside)."""
+    assert dict(ours.config) == {k: v for k, v in theirs.config.items() if not k.startswith("_")}
+
+
+def run_meta_loop(scheduler: Any, shape: tuple[int, ...], num_inference_steps: int = 12) -> torch.Tensor:
+    """Run a whole loop on the meta device and check it finished; returns the final sample.
+
+    A meta tensor has no values, so any read of a device value inside ``step`` (``.item()``, a
+    ``nonzero`` search, a device-to-host copy) raises: a loop that completes reads none.
+    """
+    scheduler.set_timesteps(num_inference_steps, device="meta")
+    x = torch.empty(shape, device="meta")
+    for t in scheduler.timesteps:
+        x = scheduler.step(torch.tanh(scheduler.scale_model_input(x, t)), t, x).prev_sample
+    assert x.device.type == "meta" and x.shape == shape and scheduler.step_index == len(scheduler.timesteps)
+    return x

@@ -121,7 +121,7 @@ class DPMFastScheduler(_DPMSolverSteps):
     ) -> None:
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        self._setup(prediction_type)
+        self._setup()
 
     def _steps(self, n: int) -> list[PlannedStep]:
         t_start, t_end = self._t_range()
@@ -166,7 +166,7 @@ class DPMAdaptiveScheduler(_DPMSolverSteps):
                 raise ValueError(f"{name} must be > 0, got {value}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        self._setup(prediction_type)
+        self._setup()
 
     def _validate_steps(self, num_inference_steps: Any) -> int | None:
         if num_inference_steps is None:

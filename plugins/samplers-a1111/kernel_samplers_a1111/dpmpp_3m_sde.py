@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import check_sigma_options
 from kernel_samplers_a1111.planned import PlannedSigmaScheduler
 
 
@@ -50,10 +49,9 @@ class DPMPP3MSDEScheduler(PlannedSigmaScheduler):
         eta: float = 1.0,
         s_noise: float = 1.0,
     ) -> None:
-        check_sigma_options(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        self._setup(prediction_type)
+        self._setup()
 
     def _plan(self, n: int):
         outer = self._outer_sigmas(n)

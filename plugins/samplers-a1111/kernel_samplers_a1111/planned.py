@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernel.scheduling import SchedulerOutputWithX0, check_choice, randn_tensor, sigma_to_t
+from kernel.scheduling import SchedulerOutputWithX0, randn_tensor, sigma_to_t
 from kernel.sigma_schedulers import KARRAS_COMPATIBLES, SigmaScheduler
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -44,9 +44,8 @@ class PlannedSigmaScheduler(SigmaScheduler):
 
     _compatibles = KARRAS_COMPATIBLES
 
-    def _setup(self, prediction_type: str) -> None:
-        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        self._build_sigma_tables(self.config)
+    def _setup(self) -> None:
+        self._setup_sigma_tables(PREDICTION_TYPES)
         self.num_inference_steps = None
         self.is_scale_input_called = False
         self._eval_sigmas: list[float] = []

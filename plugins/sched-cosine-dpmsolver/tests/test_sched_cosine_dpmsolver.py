@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 
 import pytest
 import torch
 
 import diffusers
-from kernel.testing import add_noise_parity, scheduler_parity
+from kernel.testing import add_noise_parity, assert_matches_reference_api, scheduler_parity
 from kernel_sched_cosine_dpmsolver import CosineDPMSolverMultistepScheduler
 
 SHAPE = (2, 3, 8)  # audio-like latents
@@ -20,15 +19,8 @@ def pair(**config):
 
 def test_signature_and_defaults_match_diffusers():
     ref = diffusers.CosineDPMSolverMultistepScheduler
-    for name in ("__init__", "set_timesteps", "step"):
-        ours_p = inspect.signature(getattr(CosineDPMSolverMultistepScheduler, name)).parameters
-        ref_p = inspect.signature(getattr(ref, name)).parameters
-        assert list(ours_p) == list(ref_p), name
-        if name == "__init__":
-            assert all(ours_p[k].default == p.default for k, p in ref_p.items() if k != "self")
-    assert list(CosineDPMSolverMultistepScheduler._compatibles) == list(ref._compatibles)
+    assert_matches_reference_api(CosineDPMSolverMultistepScheduler, ref, ordered_compatibles=True)
     ours, theirs = pair()
-    assert dict(ours.config) == {k: v for k, v in theirs.config.items() if not k.startswith("_")}
     torch.testing.assert_close(ours.timesteps, theirs.timesteps)
     assert ours.init_noise_sigma == theirs.init_noise_sigma
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 
 import pytest
 import torch
 
 import diffusers
 from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler as RefSampler
-from kernel.testing import add_noise_parity, scheduler_parity
+from kernel.testing import add_noise_parity, assert_matches_reference_api, scheduler_parity
 from kernel_sched_dpmsolver_sde import BrownianTreeNoiseSampler, DPMSolverSDEScheduler
 
 SHAPE = (2, 3, 4, 4)
@@ -22,16 +21,9 @@ def pair(**config):
 
 def test_signature_and_defaults_match_diffusers():
     ref = diffusers.DPMSolverSDEScheduler
-    for name in ("__init__", "set_timesteps", "step"):
-        ours_p = inspect.signature(getattr(DPMSolverSDEScheduler, name)).parameters
-        ref_p = inspect.signature(getattr(ref, name)).parameters
-        assert list(ours_p) == list(ref_p), name
-        if name == "__init__":
-            assert all(ours_p[k].default == p.default for k, p in ref_p.items() if k != "self")
-    assert set(DPMSolverSDEScheduler._compatibles) == set(ref._compatibles)
+    assert_matches_reference_api(DPMSolverSDEScheduler, ref)
     assert DPMSolverSDEScheduler.order == ref.order == 2
     ours, theirs = DPMSolverSDEScheduler(), ref()
-    assert dict(ours.config) == {k: v for k, v in theirs.config.items() if not k.startswith("_")}
     torch.testing.assert_close(ours.sigmas, theirs.sigmas)
     torch.testing.assert_close(ours.timesteps, theirs.timesteps)
 

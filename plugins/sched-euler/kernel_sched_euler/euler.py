@@ -202,8 +202,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
-        self._build_sigma_tables(self.config)
+        self._setup_sigma_tables(("epsilon", "v_prediction"))
         self.num_inference_steps = None
         self.is_scale_input_called = False
         sigmas = np.concatenate([self._train_sigmas()[::-1], [0.0]]).astype(np.float32)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import SchedulerOutputWithX0, check_choice, check_sigma_options
+from kernel.scheduling import SchedulerOutputWithX0
 from kernel.sigma_schedulers import KARRAS_COMPATIBLES, SigmaScheduler
 
 
@@ -38,10 +38,8 @@ class HeunDiscreteScheduler(SigmaScheduler):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
     ) -> None:
-        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction", "sample"))
-        check_sigma_options(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        self._build_sigma_tables(
-            self.config, accepted=("linear", "scaled_linear", "squaredcos_cap_v2", "exp")
+        self._setup_sigma_tables(
+            ("epsilon", "v_prediction", "sample"), accepted=("linear", "scaled_linear", "squaredcos_cap_v2", "exp")
         )
         self.use_karras_sigmas = use_karras_sigmas
         self.set_timesteps(num_train_timesteps, None, num_train_timesteps)

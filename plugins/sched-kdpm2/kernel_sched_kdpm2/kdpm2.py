@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import SchedulerOutputWithX0, check_choice, check_sigma_options, randn_tensor
+from kernel.scheduling import SchedulerOutputWithX0, randn_tensor
 from kernel.sigma_schedulers import KARRAS_COMPATIBLES, SigmaScheduler
 
 
@@ -50,9 +50,7 @@ class _KDPM2Base(SigmaScheduler):
     order = 2
 
     def _setup(self, config) -> None:
-        check_choice("prediction_type", config.prediction_type, ("epsilon", "v_prediction"))
-        check_sigma_options(config.use_karras_sigmas, config.use_exponential_sigmas, config.use_beta_sigmas)
-        self._build_sigma_tables(config)
+        self._setup_sigma_tables(("epsilon", "v_prediction"))
         self.set_timesteps(config.num_train_timesteps, None, config.num_train_timesteps)
 
     def _midpoint_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

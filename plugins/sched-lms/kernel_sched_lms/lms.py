@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import SchedulerOutputWithX0, check_choice, check_sigma_options
+from kernel.scheduling import SchedulerOutputWithX0
 from kernel.sigma_schedulers import KARRAS_COMPATIBLES, SigmaScheduler
 
 
@@ -40,9 +40,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
     ):
-        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction", "sample"))
-        check_sigma_options(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        self._build_sigma_tables(self.config)
+        self._setup_sigma_tables(("epsilon", "v_prediction", "sample"))
         self.use_karras_sigmas = use_karras_sigmas
         self.is_scale_input_called = False
         self.set_timesteps(num_train_timesteps)
