@@ -49,7 +49,9 @@ class Scheduler(Configurable, Protocol):
     * ``step(model_output, t, sample, generator=g)`` keeps shape and dtype of ``sample``,
       never changes its inputs in place, and gives identical results for identically seeded
       generators;
-    * ``add_noise(x0, noise, t)`` keeps shape; at the least noisy timestep it is close to ``x0``;
+    * ``add_noise(x0, noise, t)`` (optional: sampling-only schedulers such as IPNDM lack it, and
+      flow matching also offers ``scale_noise``) keeps shape; at the least noisy timestep it is
+      close to ``x0``;
     * with the exact model output for its ``prediction_type`` (true noise, true velocity, true
       x0), a deterministic scheduler's loop from ``add_noise(x0, noise, timesteps[0])`` (scaled
       by ``init_noise_sigma`` for sigma-based ones) ends close to ``x0``;
@@ -65,8 +67,6 @@ class Scheduler(Configurable, Protocol):
     def scale_model_input(self, sample: Any, timestep: Any = None) -> Any: ...
 
     def step(self, model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any: ...
-
-    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> Any: ...
 
 
 @runtime_checkable
@@ -196,13 +196,19 @@ PROTOCOLS = {
 }
 
 
+#: Data members a class (not only an instance) must show to fit: a pipeline class has
+#: ``components`` (a property), a scheduler class its ``order``.
+_CLASS_LEVEL_DATA = {"components", "order"}
+
+
 def kind_of(component: Any) -> str | None:
     """Which protocol a class or instance fits (most specific first), or ``None``."""
     for name in ("scheduler", "pipeline", "autoencoder", "denoiser", "adapter", "quantizer", "conditioner"):
         proto = PROTOCOLS[name]
         members = [m for m in _members(proto)]
         if isinstance(component, type):
-            if all(hasattr(component, m) for m in members if not _is_data(proto, m)):
+            needed = [m for m in members if not _is_data(proto, m) or m in _CLASS_LEVEL_DATA]
+            if all(hasattr(component, m) for m in needed):
                 return name
         elif isinstance(component, proto):
             return name

@@ -126,3 +126,15 @@ def test_hooks_are_loaded_lazily(fake_plugin, use_registry, tmp_path):
     assert registry.hook.kernel_detect_family(keys=frozenset({"conv_in.weight"}), shapes={}) == "tiny"
     assert registry.hook.kernel_detect_family(keys=frozenset({"x"}), shapes={}) is None
     sys.modules.pop("kernel_fake_hooks_mod", None)
+
+
+def test_kind_of_tells_components_apart(fake_plugin, use_registry, fake_entries):
+    from kernel.protocols import kind_of
+
+    good, _ = fake_plugin
+    use_registry(fake_entries(good))
+    Model, Sched, Pipe = (kernel.component(n) for n in ("TinyModel", "TinyScheduler", "TinyPipeline"))
+    assert kind_of(Sched) == "scheduler" and kind_of(Sched()) == "scheduler"
+    assert kind_of(Pipe) == "pipeline"
+    assert kind_of(Model) == "denoiser" and kind_of(Model()) == "denoiser"
+    assert kind_of(int) is None
