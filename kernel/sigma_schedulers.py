@@ -10,11 +10,14 @@ Two families live on top of the noise-schedule math in :mod:`kernel.scheduling`:
   :class:`SigmaScheduler` builds the sigma schedule, ``init_noise_sigma``, ``scale_model_input``
   and ``add_noise``.
 
-Both track where the denoising loop is with :class:`StepIndexMixin`.  Every table stays on the
-CPU and is indexed with Python ints, so ``step`` never reads a device tensor: a timestep handed
-over as a CPU tensor or a number is looked up in a host copy of the schedule, and a timestep that
-lives on an accelerator is taken to be the schedule entry at the current step index (pipelines that
-start mid-schedule call ``set_begin_index`` first, as with Diffusers).
+Both track where the denoising loop is with :class:`StepIndexMixin`, which the solver, EDM,
+flow-matching and consistency schedulers share too (:class:`MirroredTimestepsMixin` keeps the
+host copy of ``timesteps`` itself).  Every table stays on the CPU and is indexed with Python ints,
+so ``step`` never reads a device tensor: a timestep handed over as a CPU tensor or a number is
+looked up in a host copy of the schedule, an element of the device-resident ``timesteps`` is found
+by its storage offset, and any other accelerator timestep is taken to be the schedule entry at the
+current step index (pipelines that start mid-schedule call ``set_begin_index`` first, as with
+Diffusers).
 """
 
 from __future__ import annotations
@@ -310,6 +313,21 @@ def build_alpha_tables(
     return betas, alphas, torch.cumprod(alphas, dim=0)
 
 
+def alpha_tables_for(
+    config: Any, accepted: Sequence[str] = THREE_BETA_SCHEDULES
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`build_alpha_tables` for a scheduler config (``rescale_betas_zero_snr`` where it has one)."""
+    return build_alpha_tables(
+        config.num_train_timesteps,
+        config.beta_start,
+        config.beta_end,
+        config.beta_schedule,
+        config.trained_betas,
+        bool(config.get("rescale_betas_zero_snr", False)),
+        accepted,
+    )
+
+
 class AlphaTableMixin:
     """The ``betas`` / ``alphas`` / ``alphas_cumprod`` tables (CPU, float32) and what they give."""
 
@@ -318,15 +336,7 @@ class AlphaTableMixin:
     alphas_cumprod: torch.Tensor
 
     def _build_alpha_tables(self, config: Any, accepted: Sequence[str] = THREE_BETA_SCHEDULES) -> None:
-        self.betas, self.alphas, self.alphas_cumprod = build_alpha_tables(
-            config.num_train_timesteps,
-            config.beta_start,
-            config.beta_end,
-            config.beta_schedule,
-            config.trained_betas,
-            bool(config.get("rescale_betas_zero_snr", False)),
-            accepted,
-        )
+        self.betas, self.alphas, self.alphas_cumprod = alpha_tables_for(config, accepted)
 
     def _alpha_bar_pair(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         table = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)
@@ -360,15 +370,7 @@ class SigmaScheduler(StepIndexMixin, SchedulerMixin):
 
     def _build_sigma_tables(self, config: Any, accepted: Sequence[str] = THREE_BETA_SCHEDULES) -> None:
         check_choice("timestep_spacing", config.timestep_spacing, ("linspace", "leading", "trailing"))
-        self.betas, self.alphas, self.alphas_cumprod = build_alpha_tables(
-            config.num_train_timesteps,
-            config.beta_start,
-            config.beta_end,
-            config.beta_schedule,
-            config.trained_betas,
-            bool(config.get("rescale_betas_zero_snr", False)),
-            accepted,
-        )
+        self.betas, self.alphas, self.alphas_cumprod = alpha_tables_for(config, accepted)
         if config.get("rescale_betas_zero_snr", False):
             # sigma would be infinite at the zero-SNR step; a tiny alpha_bar keeps it finite.
             self.alphas_cumprod[-1] = 2**-24
