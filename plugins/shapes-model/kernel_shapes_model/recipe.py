@@ -30,7 +30,7 @@ VAE_CONFIG = {
     "layers_per_block": 1,
     "act_fn": "silu",
     "latent_channels": 4,
-    "norm_num_groups": 8,
+    "norm_num_groups": 2,
     "sample_size": RESOLUTION,
     "scaling_factor": 1.0,
 }

@@ -1,0 +1,314 @@
+"""``kernel generate``: text to picture from the command line, with the embedded model by default.
+
+    kernel generate "a blue star at the center on a black background"
+    kernel generate "a red circle at the top left on a white background" --sampler "DPM++ 2M" --steps 20 --batch 4
+    kernel generate --from output.png            # the same picture again, from its parameters
+
+The model defaults to the one an installed plugin offers through the ``kernel.models``
+entry-point group (``name = "module:function"``, the function returning the model folder);
+``kernel-shapes-model`` offers ``shapes-64``.  ``--model`` takes such a name, a folder or a
+Hub id.
+
+Each PNG carries its generation parameters in a ``parameters`` text chunk, written the way
+AUTOMATIC1111's webui writes them (prompt, ``Negative prompt:`` line, then ``Key: value``
+pairs), so other tools read them and ``--from`` reproduces the picture.  Pictures of a batch
+use seeds ``seed, seed + 1, ...`` (as the webui does) and are generated one at a time, so
+``--from`` on any of them gives that exact picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MODELS_GROUP = "kernel.models"
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 5.0
+#: Infotext keys this command writes and reads back (A1111 names where A1111 has one).
+KEY_STEPS, KEY_SAMPLER, KEY_CFG, KEY_SEED, KEY_SIZE, KEY_MODEL, KEY_DTYPE = (
+    "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Dtype")
+
+
+# ---------------------------------------------------------------------------- models
+def installed_models() -> dict[str, metadata.EntryPoint]:
+    """Models offered through the ``kernel.models`` entry points, by name."""
+    return {ep.name: ep for ep in sorted(metadata.entry_points(group=MODELS_GROUP), key=lambda e: e.name)}
+
+
+def resolve_model(model: str | None) -> tuple[str, str]:
+    """``(name for the infotext, folder or Hub id to load)`` for ``--model`` (None: the default)."""
+    models = installed_models()
+    if model is None:
+        if not models:
+            raise ValueError("no default model is installed (pip install kernel-shapes-model), "
+                             "so --model is needed: a folder, a Hub id, or an installed model name")
+        model = next(iter(models))
+    if model in models:
+        try:
+            folder = models[model].load()()
+        except Exception as err:  # noqa: BLE001 - a plugin's failure becomes one clear line
+            raise ValueError(f"--model {model!r}: the installed model could not be located ({err})") from None
+        return model, str(folder)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"--model {model!r}: the folder has no model_index.json, so it is not a pipeline folder")
+        return model, str(path)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        return model, model
+    raise ValueError(f"--model {model!r} is neither a folder, a Hub id (org/name) nor an installed model "
+                     f"(installed: {', '.join(models) or 'none'})")
+
+
+# ---------------------------------------------------------------------------- infotext
+def format_infotext(prompt: str, negative: str, params: dict[str, Any]) -> str:
+    """A1111's ``parameters`` text: prompt, optional ``Negative prompt:`` line, then ``Key: value, ...``."""
+    def value(v: Any) -> str:
+        text = str(v)
+        return json.dumps(text) if any(c in text for c in ',:"\n') else text
+
+    lines = [prompt]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    lines.append(", ".join(f"{k}: {value(v)}" for k, v in params.items() if v is not None))
+    return "\n".join(lines)
+
+
+_PAIR = re.compile(r'\s*([\w \-/]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
+    """``(prompt, negative prompt, {key: value})`` from an A1111 ``parameters`` text."""
+    lines = text.strip().split("\n")
+    params: dict[str, str] = {}
+    found = [(m.group(1).strip(), m.group(2).strip()) for m in _PAIR.finditer(lines[-1])]
+    if len(found) >= 2 and lines[-1].lstrip().startswith(found[0][0] + ":"):
+        for key, raw in found:
+            params[key] = json.loads(raw) if raw.startswith('"') else raw
+        lines = lines[:-1]
+    prompt_lines, negative_lines, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    return "\n".join(prompt_lines).strip(), "\n".join(negative_lines).strip(), params
+
+
+def read_parameters(png: str) -> tuple[str, str, dict[str, str]]:
+    from PIL import Image
+
+    path = Path(png)
+    if not path.is_file():
+        raise FileNotFoundError(f"--from {png!r}: no such file")
+    try:
+        with Image.open(path) as im:
+            text = im.info.get("parameters") or getattr(im, "text", {}).get("parameters")
+    except OSError as err:
+        raise ValueError(f"--from {png!r}: not a readable picture ({err})") from None
+    if not text:
+        raise ValueError(f"--from {png!r}: the picture has no 'parameters' text chunk to reproduce it from")
+    return parse_infotext(text)
+
+
+# ---------------------------------------------------------------------------- arguments
+def parse_size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
+    if not m:
+        raise ValueError(f"--size must be WIDTHxHEIGHT, like 64x64; got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def apply_infotext(args: argparse.Namespace, given: set[str]) -> None:
+    """Fill every option not given on the command line from ``--from``'s picture."""
+    prompt, negative, params = read_parameters(args.from_png)
+    def take(dest: str, key: str, convert=str) -> None:
+        if dest in given or key not in params:
+            return
+        try:
+            setattr(args, dest, convert(params[key]))
+        except ValueError:
+            raise ValueError(f"--from {args.from_png!r}: bad {key!r} value {params[key]!r}") from None
+
+    if "prompt" not in given or not args.prompt:
+        args.prompt = prompt
+    if "negative" not in given:
+        args.negative = negative
+    take("steps", KEY_STEPS, int)
+    take("sampler", KEY_SAMPLER)
+    take("guidance", KEY_CFG, float)
+    take("seed", KEY_SEED, int)
+    take("size", KEY_SIZE)
+    take("model", KEY_MODEL)
+    take("dtype", KEY_DTYPE)
+    if "batch" not in given:
+        args.batch = 1
+
+
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("generate", help="generate a picture from a prompt (embedded model by default)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("prompt", nargs="?", default=None, help="what to draw")
+    p.add_argument("--model", default=None, help="folder, Hub id, or installed model name (default: the embedded one)")
+    p.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {DEFAULT_STEPS})")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, recorded in the PNG)")
+    p.add_argument("--sampler", default=None,
+                   help="A1111 sampler name (`kernel samplers`) or scheduler class name (default: the model's own)")
+    p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
+    p.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)")
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--batch", type=int, default=None, help="pictures to make (saved one by one plus a grid)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="weights dtype (default: float16 on CUDA, else float32)")
+    p.add_argument("--out", default=None, help="PNG to write (default output.png; a folder gets output.png inside)")
+    p.add_argument("--from", dest="from_png", default=None, metavar="PNG",
+                   help="reproduce a picture from the parameters stored in it (other options override)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_generate, _parser=p)
+    return p
+
+
+# ---------------------------------------------------------------------------- running
+def _device_and_dtype(device: str | None, dtype: str | None):
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine")
+    if dtype in (None, "auto"):
+        dtype = "float16" if dev.type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return dev, getattr(torch, dtype), dtype
+
+
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as tlogging
+    except ImportError:  # pragma: no cover - transformers is only needed by models that use it
+        return
+    tlogging.disable_progress_bar()
+    tlogging.set_verbosity_error()
+
+
+def _load_pipeline(model_name: str, source: str, dtype, device):
+    import kernel
+
+    _quiet_transformers()
+    try:
+        pipe = kernel.load(source, torch_dtype=dtype)
+    except (ValueError, TypeError, FileNotFoundError, LookupError, ImportError, OSError) as err:
+        raise ValueError(f"--model {model_name!r}: cannot load the pipeline: {err}") from None
+    except Exception as err:  # noqa: BLE001 - e.g. corrupt weights: one clear line, no traceback
+        raise ValueError(f"--model {model_name!r}: cannot load the pipeline: {type(err).__name__}: {err}") from None
+    return pipe.to(device)
+
+
+def _vae_factor(pipe) -> int:
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if factor:
+        return int(factor)
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+def _native_size(pipe) -> tuple[int, int]:
+    sample = pipe.unet.config.sample_size
+    sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+    side = int(sample) * _vae_factor(pipe)
+    return side, side
+
+
+def grid(images: list) -> Any:
+    from PIL import Image
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (cols * w, rows * h), (0, 0, 0))
+    for i, im in enumerate(images):
+        sheet.paste(im, ((i % cols) * w, (i // cols) * h))
+    return sheet
+
+
+def _out_paths(out: str | None, count: int) -> tuple[list[Path], Path | None]:
+    path = Path(out or "output.png")
+    if path.is_dir() or (out or "").endswith(("/", "\\")):
+        path = path / "output.png"
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file or a folder; got {out!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if count == 1:
+        return [path], None
+    return [path.with_name(f"{path.stem}-{i}.png") for i in range(count)], path.with_name(f"{path.stem}-grid.png")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    given = {k for k, v in vars(args).items() if v is not None and k not in ("func", "_parser", "from_png")}
+    if args.from_png:
+        apply_infotext(args, given)
+    if not args.prompt:
+        raise ValueError("a prompt is needed: kernel generate \"a red circle at the top left on a white background\"")
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    batch = 1 if args.batch is None else args.batch
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if not 1 <= batch <= 64:
+        raise ValueError(f"--batch must be in 1..64, got {batch}")
+    seed = random.randrange(2**32) if args.seed is None or args.seed < 0 else args.seed
+    size = parse_size(args.size) if args.size else None
+
+    import torch
+    from PIL.PngImagePlugin import PngInfo
+
+    if args.sampler:
+        import kernel
+
+        kernel.sampler(args.sampler)  # an unknown name fails here, before the model loads
+    model_name, source = resolve_model(args.model)
+    device, dtype, dtype_name = _device_and_dtype(args.device, args.dtype)
+    pipe = _load_pipeline(model_name, source, dtype, device)
+    factor = _vae_factor(pipe)
+    width, height = size or _native_size(pipe)
+    if width % factor or height % factor or width <= 0 or height <= 0:
+        raise ValueError(f"--size {width}x{height}: width and height must be positive multiples of {factor} "
+                         f"(this model's VAE factor)")
+    sampler_name = args.sampler or type(pipe.scheduler).__name__
+    if args.sampler:
+        import kernel
+
+        pipe.scheduler = kernel.sampler(args.sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=args.no_progress)
+
+    paths, grid_path = _out_paths(args.out, batch)
+    images = []
+    for i, path in enumerate(paths):
+        image_seed = seed + i
+        generator = torch.Generator(device="cpu").manual_seed(image_seed)
+        with torch.inference_mode():
+            image = pipe(args.prompt, negative_prompt=args.negative or None, num_inference_steps=steps,
+                         guidance_scale=guidance, height=height, width=width, generator=generator).images[0]
+        params = {KEY_STEPS: steps, KEY_SAMPLER: sampler_name, KEY_CFG: guidance, KEY_SEED: image_seed,
+                  KEY_SIZE: f"{width}x{height}", KEY_MODEL: model_name, KEY_DTYPE: dtype_name,
+                  "Version": "kernel"}
+        info = PngInfo()
+        info.add_text("parameters", format_infotext(args.prompt, args.negative or "", params))
+        image.save(path, pnginfo=info)
+        images.append((image, info))
+        print(path)
+    if grid_path is not None:
+        grid(images=[im for im, _ in images]).save(grid_path, pnginfo=images[0][1])
+        print(grid_path)
+    return 0
