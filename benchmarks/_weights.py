@@ -47,7 +47,8 @@ TINY_VAE = dict(block_out_channels=(32, 64), in_channels=3, out_channels=3,
                 down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
                 up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4, norm_num_groups=32)
 TINY_CLIP = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                 max_position_embeddings=77, vocab_size=1000, projection_dim=32)
+                 max_position_embeddings=77, vocab_size=1000, projection_dim=32,
+                 bos_token_id=84, eos_token_id=85, pad_token_id=85)  # ids of write_tokenizer's special tokens
 
 
 def build_sd_folder(name: str, unet: dict, vae: dict, clip: dict, fp16_variant: bool = False) -> Path:
