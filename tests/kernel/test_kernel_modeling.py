@@ -179,3 +179,36 @@ def test_diffusers_model_folder_loads_and_ours_loads_in_diffusers(tmp_path):
     back = DNet.from_pretrained(tmp_path / "o", variant="fp16")
     for k, v in theirs.state_dict().items():
         assert torch.equal(back.state_dict()[k], v)
+
+
+class Block(torch.nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return torch.tanh(self.proj(x))
+
+
+class Blocky(ModelMixin):
+    _repeated_blocks = ["Block"]
+
+    @register_to_config
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(Block(width) for _ in range(3))
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+def test_compile_repeated_blocks_keeps_outputs():
+    torch.manual_seed(0)
+    model = Blocky()
+    expected = model(_x())
+    assert model.compile_repeated_blocks(backend="eager", fullgraph=True) == 3
+    torch.testing.assert_close(model(_x()), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="_repeated_blocks"):
+        Net().compile_repeated_blocks()  # Net names no block classes
