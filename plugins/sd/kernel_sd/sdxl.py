@@ -270,6 +270,7 @@ class _XLImageBase(_StableDiffusionXLCommon):
         self._register(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
                        feature_extractor, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
                        requires_aesthetics_score=requires_aesthetics_score)
+        self.mask_processor = VaeImageProcessor.for_masks(self.vae_scale_factor)  # used by inpainting
 
     def _schedule(self, num_inference_steps, timesteps, sigmas, strength, denoising_start, device):
         _, steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
@@ -426,10 +427,6 @@ class StableDiffusionXLInpaintPipeline(_XLImageBase):
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "mask",
                                "masked_image_latents"]
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.mask_processor = VaeImageProcessor.for_masks(self.vae_scale_factor)
 
     def _scaled_latents(self, images, generator):
         return self.vae.config.scaling_factor * self._encode_image_latents(images, generator, upcast=True)
