@@ -3,7 +3,8 @@
 Three stages, each resumable (re-running the command continues from the latest checkpoint):
 
 1. write the configs-only starting folder (:mod:`kernel_shapes_model.recipe`);
-2. train the ``AutoencoderKL`` with ``kernel-train-vae``;
+2. train the ``AutoencoderKL`` with ``kernel-train-vae``, then fine-tune its decoder alone (sharper
+   small shapes; the encoder, and so the latent space, stays as it was);
 3. train the UNet and the text encoder together with ``kernel-train-text-to-image``
    (EMA weights are the ones saved).
 
@@ -22,6 +23,11 @@ VAE_ARGS = ["--dataset", "shapes", "--dataset_length", "4096", "--max_train_step
             "--train_batch_size", "16", "--learning_rate", "1e-3", "--lr_scheduler", "cosine",
             "--lr_warmup_steps", "30", "--loss", "mse", "--detail_weight", "10", "--log_every", "50",
             "--checkpointing_steps", "250", "--checkpoints_total_limit", "2", "--num_threads", "1"]
+
+DECODER_ARGS = ["--train_decoder_only", "--dataset", "shapes", "--dataset_length", "4096", "--max_train_steps", "1500",
+                "--train_batch_size", "16", "--learning_rate", "5e-4", "--lr_scheduler", "cosine",
+                "--lr_warmup_steps", "20", "--loss", "mse", "--detail_weight", "10", "--log_every", "50",
+                "--checkpointing_steps", "250", "--checkpoints_total_limit", "2", "--num_threads", "1"]
 
 UNET_ARGS = ["--dataset", "shapes", "--dataset_length", "20000", "--max_train_steps", "1200",
              "--train_batch_size", "32", "--learning_rate", "1e-3", "--lr_scheduler", "constant_with_warmup",
@@ -51,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (base / "model_index.json").is_file():
         shutil.copytree(init, base, dirs_exist_ok=True)
         shutil.copytree(vae_out / "vae", base / "vae", dirs_exist_ok=True)
+    decoder_out = work / "vae-decoder"
+    if not (decoder_out / "vae" / "diffusion_pytorch_model.safetensors").is_file():
+        vae.main(["--pretrained_model_name_or_path", str(base), "--output_dir", str(decoder_out),
+                  "--resume_from_checkpoint", "latest", *DECODER_ARGS])
+        shutil.copytree(decoder_out / "vae", base / "vae", dirs_exist_ok=True)
     unet_out = work / "unet"
     text_to_image.main(["--pretrained_model_name_or_path", str(base), "--init_from_config", "--output_dir",
                         str(unet_out), "--resume_from_checkpoint", "latest", *UNET_ARGS])

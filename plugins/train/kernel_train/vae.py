@@ -34,6 +34,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--detail_weight", type=float, default=0.0,
                    help="extra loss weight on pixels that differ from the picture's median colour (small "
                         "foreground objects on plain backgrounds); 0 = plain per-pixel loss")
+    p.add_argument("--train_decoder_only", action="store_true",
+                   help="freeze the encoder (the latent space, and so any denoiser trained on it, stays valid) "
+                        "and fine-tune the decoder, as Stable Diffusion's ft-MSE VAE was made")
     p.add_argument("--scaling_samples", type=int, default=2048, help="pictures used to measure the latent std")
     common.add_common_args(p)
     args = p.parse_args(argv)
@@ -72,10 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     vae = load_component(source, index, "vae", args.init_from_config, seed=args.seed).train().to(device)
     pixels, _ = pixel_tensor(dataset, args.resolution)
 
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+    if args.train_decoder_only:
+        for module in (vae.encoder, getattr(vae, "quant_conv", None)):
+            if module is not None:
+                module.requires_grad_(False)
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay)
     lr_scheduler = common.make_lr_scheduler(optimizer, args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps)
-    ema = EMAModel(vae.parameters(), decay=args.ema_decay) if args.use_ema else None
+    ema = EMAModel(trained, decay=args.ema_decay) if args.use_ema else None
     vae, optimizer, lr_scheduler = accelerator.prepare(vae, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(device)
@@ -99,14 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 args.detail_weight)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(vae.parameters(), args.max_grad_norm)
+                    accelerator.clip_grad_norm_(trained, args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.detach().item() / args.gradient_accumulation_steps
                 step_mse += mse.detach().item() / args.gradient_accumulation_steps
         if ema is not None:
-            ema.step(vae.parameters())
+            ema.step(trained)
         done = step + 1
         if done % args.log_every == 0 or done == args.max_train_steps or done == start + 1:
             log.write(step=done, loss=step_loss, mse=step_mse, lr=lr_scheduler.get_last_lr()[0])
@@ -117,8 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if accelerator.is_main_process:
         vae = accelerator.unwrap_model(vae)
         if ema is not None:
-            ema.copy_to(vae.parameters())
+            ema.copy_to(trained)
         vae.eval()
+        if args.train_decoder_only:  # same encoder, same latents: keep the scaling factor
+            vae.save_pretrained(str(Path(args.output_dir) / "vae"))
+            accelerator.end_training()
+            return 0
         with torch.no_grad():
             sample = pixels[: args.scaling_samples].to(device)
             latents = torch.cat([vae.encode(sample[i: i + 256]).latent_dist.mean for i in range(0, len(sample), 256)])
