@@ -147,3 +147,37 @@ def test_bad_arguments_are_named(init_folder, tmp_path):
         _t2i(init_folder, tmp_path, "--dataset", "no-such-dataset", "--init_from_config")
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         _t2i(tmp_path, tmp_path / "o")
+
+
+def test_decoder_only_fine_tuning_keeps_the_encoder_and_scaling(trained_vae_folder, tmp_path):
+    folder, _ = trained_vae_folder
+    out = tmp_path / "dec"
+    vae.main(["--pretrained_model_name_or_path", str(folder), "--output_dir", str(out), "--train_decoder_only",
+              "--max_train_steps", "3", "--detail_weight", "5", *COMMON])
+    before = load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(out / "vae" / "diffusion_pytorch_model.safetensors"))
+    enc = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    dec = [k for k in before if k.startswith("decoder.")]
+    assert enc and all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+    scale = lambda f: json.loads((f / "vae" / "config.json").read_text())["scaling_factor"]  # noqa: E731
+    assert scale(out) == scale(folder)
+
+
+def test_image_folder_dataset(tmp_path):
+    from PIL import Image
+
+    from kernel_train.datasets import load_dataset, pixel_tensor
+
+    rows = []
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        Image.new("RGB", (40, 20), colour).save(tmp_path / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"picture {i}"}))
+    (tmp_path / "metadata.jsonl").write_text("\n".join(rows))
+    ds = load_dataset(str(tmp_path), resolution=16)
+    pixels, texts = pixel_tensor(ds, 16)
+    assert pixels.shape == (2, 3, 16, 16) and texts == ["picture 0", "picture 1"]
+    assert torch.allclose(pixels[0, 0], torch.ones(16, 16)) and torch.allclose(pixels[1, 2], torch.ones(16, 16))
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "0.png"}')
+    with pytest.raises(ValueError, match="text"):
+        load_dataset(str(tmp_path), resolution=16)
