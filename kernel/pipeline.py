@@ -488,8 +488,12 @@ def _load_component(component_cls, folder: Path, name: str, library: str | None,
     if library == TRANSFORMERS:
         if is_module and variant is not None and not any(sub.glob(f"*.{variant}.*")):
             kwargs.pop("variant")  # transformers falls back badly; the non-variant weights are the ones present
-        if "torch_dtype" in kwargs:
-            kwargs["dtype"] = kwargs.pop("torch_dtype")
+        if is_module:
+            # transformers 5 defaults to the dtype in config.json; Diffusers (and we) default to float32.
+            import transformers
+
+            key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+            kwargs[key] = kwargs.pop("torch_dtype", None) or torch.float32
         if "device_map" in kwargs:
             kwargs["device_map"] = str(kwargs["device_map"])
         return component_cls.from_pretrained(str(sub), **kwargs)

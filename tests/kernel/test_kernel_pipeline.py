@@ -176,3 +176,18 @@ def test_local_path_never_touches_network(saved, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
     kernel.load(folder)
+
+
+def test_transformers_components_default_to_float32(tmp_path):
+    """transformers 5 would load the dtype named in config.json; pipelines default to float32 like Diffusers."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from kernel.pipeline import _load_component
+
+    model = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=20)).half()
+    model.save_pretrained(str(tmp_path / "text_encoder"))
+    loaded = _load_component(CLIPTextModel, tmp_path, "text_encoder", "transformers", None, None, None, None)
+    assert loaded.dtype == torch.float32
+    half = _load_component(CLIPTextModel, tmp_path, "text_encoder", "transformers", torch.float16, None, None, None)
+    assert half.dtype == torch.float16

@@ -71,7 +71,7 @@ class UNet2DConditionModel(ModelMixin, AttentionMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
-    _repeated_blocks = ["BasicTransformerBlock", "ResnetBlock2D"]
+    _repeated_blocks = ["BasicTransformerBlock"]
 
     @register_to_config
     def __init__(
