@@ -73,9 +73,10 @@ def build_sd_folder(name: str, unet: dict, vae: dict, clip: dict, fp16_variant: 
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe = StableDiffusionPipeline(**components)
-    pipe.save_pretrained(tmp)
-    if fp16_variant:
+    if fp16_variant:  # first, so the float32 save below writes the configs (transformers reads its dtype)
         pipe.to(torch.float16).save_pretrained(tmp, variant="fp16")
+        pipe.to(torch.float32)
+    pipe.save_pretrained(tmp)
     tmp.rename(folder)
     return folder
 
