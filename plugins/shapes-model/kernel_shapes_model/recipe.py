@@ -55,7 +55,7 @@ SCHEDULER_CONFIG = {
     "beta_start": 0.0001,
     "beta_end": 0.02,
     "beta_schedule": "linear",
-    "prediction_type": "epsilon",
+    "prediction_type": "v_prediction",
     "timestep_spacing": "trailing",
     "steps_offset": 1,
 }
