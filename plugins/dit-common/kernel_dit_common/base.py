@@ -59,6 +59,13 @@ def batch_size_of(prompt, prompt_embeds) -> int:
     return prompt_embeds.shape[0]
 
 
+def effective_batch(prompt, prompt_embeds, num_images_per_prompt: Any) -> int:
+    """Prompts x ``num_images_per_prompt``: the batch of latents, after checking the count is a positive int."""
+    if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be a positive int, got {num_images_per_prompt!r}")
+    return batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
+
+
 def check_prompts(prompts: dict[str, Any], prompt_embeds: torch.Tensor | None,
                   negatives: dict[str, Any] | None = None, negative_prompt_embeds: torch.Tensor | None = None) -> None:
     """Text and embeddings exclusive; each text a str or list of str; embeddings of equal shape."""

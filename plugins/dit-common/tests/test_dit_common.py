@@ -8,6 +8,7 @@ from kernel_dit_common import (
     check_prompts,
     check_size,
     check_strength,
+    effective_batch,
     repeat_to_batch,
     retrieve_timesteps,
     strength_timesteps,
@@ -46,6 +47,10 @@ def test_checks_name_the_argument():
         check_strength(-0.1)
     with pytest.raises(ValueError, match="num_inference_steps"):
         retrieve_timesteps(diffusers.FlowMatchEulerDiscreteScheduler(), 0)
+    assert effective_batch(["a", "b"], None, 3) == 6 and effective_batch(None, e, 2) == 4
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_images_per_prompt must be a positive int"):
+            effective_batch("a", None, bad)
     assert repeat_to_batch(torch.ones(2, 3), 4, "x").shape == (4, 3)
     with pytest.raises(ValueError, match="cannot spread 2 images"):
         repeat_to_batch(torch.ones(2, 3), 3, "images")

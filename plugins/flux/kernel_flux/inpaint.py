@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from kernel.image_processor import VaeImageProcessor
 from kernel.scheduling import randn_tensor
 from kernel_dit_common import (
-    batch_size_of,
     check_generators,
     check_strength,
+    effective_batch,
     repeat_to_batch,
     sample_latents,
     strength_timesteps,
@@ -140,7 +140,7 @@ class FluxInpaintPipeline(FluxPipeline):
             resize_mode = "fill"
         pixels = self.image_processor.preprocess(image, height=height, width=width, crops_coords=crops,
                                                  resize_mode=resize_mode).to(torch.float32)
-        batch = batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
+        batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
         check_generators(generator, batch)
         pos, neg = self._conditioning(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                       pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,

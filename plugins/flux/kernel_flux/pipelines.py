@@ -22,13 +22,13 @@ from kernel.outputs import BaseOutput
 from kernel.scheduling import randn_tensor
 from kernel_dit_common import (
     TransformerPipeline,
-    batch_size_of,
     check_generators,
     check_output_type,
     check_pooled,
     check_prompts,
     check_size,
     check_strength,
+    effective_batch,
     repeat_to_batch,
     retrieve_timesteps,
     sample_latents,
@@ -216,7 +216,7 @@ class FluxPipeline(TransformerPipeline):
                             output_type, guidance_scale)
         self._guidance_scale = DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
         self._joint_attention_kwargs = joint_attention_kwargs or {}
-        batch = batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
+        batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
         check_generators(generator, batch)
         pos, neg = self._conditioning(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                       pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
@@ -267,7 +267,7 @@ class FluxImg2ImgPipeline(FluxPipeline):
         self._guidance_scale = guidance_scale
         self._joint_attention_kwargs = joint_attention_kwargs or {}
         pixels = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
-        batch = batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
+        batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
         check_generators(generator, batch)
         pos, neg = self._conditioning(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                       pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,

@@ -20,11 +20,11 @@ from kernel.outputs import BaseOutput
 from kernel.scheduling import randn_tensor
 from kernel_dit_common import (
     TransformerPipeline,
-    batch_size_of,
     check_generators,
     check_output_type,
     check_prompts,
     check_size,
+    effective_batch,
     retrieve_timesteps,
 )
 from kernel_t5 import check_max_sequence_length, encode_prompt_with_mask
@@ -122,7 +122,7 @@ class PixArtAlphaPipeline(TransformerPipeline):
         self._guidance_scale = guidance_scale
         cfg = guidance_scale > 1.0
         device = self._execution_device
-        batch = batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
+        batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
         check_generators(generator, batch)
         embeds, mask, neg, neg_mask = self.encode_prompt(
             prompt, cfg, negative_prompt, num_images_per_prompt, device, prompt_embeds, negative_prompt_embeds,

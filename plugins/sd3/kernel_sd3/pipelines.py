@@ -20,13 +20,13 @@ from kernel.outputs import BaseOutput
 from kernel.scheduling import randn_tensor
 from kernel_dit_common import (
     TransformerPipeline,
-    batch_size_of,
     check_generators,
     check_output_type,
     check_pooled,
     check_prompts,
     check_size,
     check_strength,
+    effective_batch,
     repeat_to_batch,
     retrieve_timesteps,
     sample_latents,
@@ -172,7 +172,7 @@ class StableDiffusion3Pipeline(_SD3Base):
                             callback_on_step_end, list(callback_on_step_end_tensor_inputs), max_sequence_length,
                             output_type)
         self._begin(guidance_scale, clip_skip, joint_attention_kwargs)
-        batch = batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
+        batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
         check_generators(generator, batch)
         embeds, pooled = self._conditioning(prompt, prompt_2, prompt_3, negative_prompt, negative_prompt_2,
                                             negative_prompt_3, prompt_embeds, negative_prompt_embeds,
@@ -252,7 +252,7 @@ class StableDiffusion3Img2ImgPipeline(_SD3Base):
                             callback_on_step_end, list(callback_on_step_end_tensor_inputs), max_sequence_length,
                             output_type)
         self._begin(guidance_scale, clip_skip, joint_attention_kwargs)
-        batch = batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
+        batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
         embeds, pooled = self._conditioning(prompt, prompt_2, prompt_3, negative_prompt, negative_prompt_2,
                                             negative_prompt_3, prompt_embeds, negative_prompt_embeds,
                                             pooled_prompt_embeds, negative_pooled_prompt_embeds,
@@ -309,7 +309,7 @@ class StableDiffusion3InpaintPipeline(StableDiffusion3Img2ImgPipeline):
         if channels not in (16, 33):
             raise ValueError(f"SD3 inpainting needs a transformer with 16 or 33 input channels, got {channels}")
         self._begin(guidance_scale, clip_skip, joint_attention_kwargs)
-        batch = batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
+        batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
         check_generators(generator, batch)
         device = self._execution_device
         embeds, pooled = self._conditioning(prompt, prompt_2, prompt_3, negative_prompt, negative_prompt_2,
