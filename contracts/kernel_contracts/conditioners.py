@@ -29,8 +29,21 @@ def encode(subject: Subject, opts: dict, prompts: list[str]) -> tuple[torch.Tens
         out = conditioner.encode_prompt(prompts, **(opts.get("encode_kwargs") or {}))
     if isinstance(out, torch.Tensor):
         return out, None
-    pooled = out[1] if len(out) > 1 and isinstance(out[1], torch.Tensor) and out[1].ndim == 2 else None
-    return out[0], pooled
+    return out[0], _pooled(out[1:])
+
+
+def _pooled(rest: Any) -> torch.Tensor | None:
+    """The pooled embeddings: the first 2-D floating-point tensor after the embeddings.
+
+    Conditioners order their outputs differently (SD: embeddings and negative embeddings;
+    SDXL/SD3: embeddings, negatives, pooled, negative pooled; Flux: embeddings, pooled, text ids;
+    T5/PixArt: embeddings and an integer attention mask), so position alone does not say which
+    output is pooled; 3-D negatives and integer masks are skipped.
+    """
+    for t in rest:
+        if isinstance(t, torch.Tensor) and t.ndim == 2 and t.is_floating_point():
+            return t
+    return None
 
 
 @contract("conditioner", "embedding_shapes", examples=prompt_examples)
@@ -41,8 +54,10 @@ def embedding_shapes(subject: Subject, ex: dict, opts: dict) -> None:
     assert embeds.ndim == 3 and embeds.shape[0] == len(prompts), f"embeddings {tuple(embeds.shape)} for {len(prompts)} prompts"
     if pooled is not None:
         assert pooled.shape[0] == len(prompts), f"pooled {tuple(pooled.shape)} for {len(prompts)} prompts"
-    one, _ = encode(subject, opts, prompts[:1])
-    assert one.shape[1:] == embeds.shape[1:], f"length/width depend on the batch: {tuple(one.shape)} vs {tuple(embeds.shape)}"
+    for prompt in dict.fromkeys(prompts):
+        one, _ = encode(subject, opts, [prompt])
+        assert one.shape[1:] == embeds.shape[1:], (
+            f"length/width depend on the batch: {tuple(one.shape)} for {prompt!r} alone, {tuple(embeds.shape)} in the batch")
 
 
 @contract("conditioner", "long_prompts", examples=prompt_examples, budget=0.5)

@@ -23,15 +23,7 @@ NOT_A_PROTOCOL = {
 }
 
 #: Registered today without a contract test; each plugin must add one (then remove it here).
-PENDING = {
-    "AutoPipelineForImage2Image", "AutoPipelineForInpainting", "AutoPipelineForText2Image",
-    "AutoencoderTiny", "CLIPPromptConditioner", "CLIPXLPromptConditioner", "DDIMPipeline", "DDPMPipeline",
-    "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "FluxTransformer2DModel", "PixArtTransformer2DModel",
-    "SD3Transformer2DModel", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline",
-    "StableDiffusion3Pipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
-    "StableDiffusionPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
-    "StableDiffusionXLPipeline", "T5PromptConditioner",
-}
+PENDING: set[str] = set()
 
 
 def _kinds() -> dict[str, str | None]:
