@@ -29,11 +29,14 @@ DECODER_ARGS = ["--train_decoder_only", "--dataset", "shapes", "--dataset_length
                 "--lr_warmup_steps", "20", "--loss", "mse", "--detail_weight", "10", "--log_every", "50",
                 "--checkpointing_steps", "250", "--checkpoints_total_limit", "2", "--num_threads", "1"]
 
-UNET_ARGS = ["--dataset", "shapes", "--dataset_length", "20000", "--max_train_steps", "1200",
-             "--train_batch_size", "32", "--learning_rate", "1e-3", "--lr_scheduler", "constant_with_warmup",
-             "--lr_warmup_steps", "50", "--train_text_encoder", "--caption_dropout", "0.1", "--snr_gamma", "5",
-             "--use_ema", "--ema_decay", "0.995", "--log_every", "25", "--checkpointing_steps", "200",
-             "--checkpoints_total_limit", "2", "--num_threads", "1"]
+UNET_COMMON = ["--dataset", "shapes", "--dataset_length", "20000", "--train_batch_size", "32",
+               "--learning_rate", "1e-3", "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "50",
+               "--train_text_encoder", "--caption_dropout", "0.1", "--use_ema", "--ema_decay", "0.995",
+               "--log_every", "25", "--checkpoints_total_limit", "4", "--num_threads", "1"]
+#: Phase 1 weights the v-loss by min-SNR-5 (fast colour learning); phase 2 drops the weighting, which
+#: starved the high-noise steps where the layout (position, shape) is decided.
+UNET_PHASES = [["--max_train_steps", "800", "--snr_gamma", "5", "--checkpointing_steps", "200"],
+               ["--max_train_steps", "2000", "--checkpointing_steps", "100"]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                   "--resume_from_checkpoint", "latest", *DECODER_ARGS])
         shutil.copytree(decoder_out / "vae", base / "vae", dirs_exist_ok=True)
     unet_out = work / "unet"
-    text_to_image.main(["--pretrained_model_name_or_path", str(base), "--init_from_config", "--output_dir",
-                        str(unet_out), "--resume_from_checkpoint", "latest", *UNET_ARGS])
+    for phase in UNET_PHASES:
+        text_to_image.main(["--pretrained_model_name_or_path", str(base), "--init_from_config", "--output_dir",
+                            str(unet_out), "--resume_from_checkpoint", "latest", *UNET_COMMON, *phase])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("model_index.json",):
