@@ -23,7 +23,6 @@ import json
 import math
 import random
 import re
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +36,11 @@ KEY_STEPS, KEY_SAMPLER, KEY_CFG, KEY_SEED, KEY_SIZE, KEY_MODEL, KEY_DTYPE = (
 
 
 # ---------------------------------------------------------------------------- models
-def installed_models() -> dict[str, metadata.EntryPoint]:
-    """Models offered through the ``kernel.models`` entry points, by name."""
-    return {ep.name: ep for ep in sorted(metadata.entry_points(group=MODELS_GROUP), key=lambda e: e.name)}
+def installed_models() -> list[str]:
+    """Names of the models offered through the ``kernel.models`` entry points (registry-filtered)."""
+    from kernel.registry import get_registry
+
+    return get_registry().names(MODELS_GROUP)
 
 
 def resolve_model(model: str | None) -> tuple[str, str]:
@@ -49,10 +50,12 @@ def resolve_model(model: str | None) -> tuple[str, str]:
         if not models:
             raise ValueError("no default model is installed (pip install kernel-shapes-model), "
                              "so --model is needed: a folder, a Hub id, or an installed model name")
-        model = next(iter(models))
+        model = models[0]
     if model in models:
+        from kernel.registry import get_registry
+
         try:
-            folder = models[model].load()()
+            folder = get_registry().resolve(model, MODELS_GROUP)()
         except Exception as err:  # noqa: BLE001 - a plugin's failure becomes one clear line
             raise ValueError(f"--model {model!r}: the installed model could not be located ({err})") from None
         return model, str(folder)

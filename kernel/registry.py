@@ -14,6 +14,9 @@ Plugins are ordinary distributions that declare entry points:
 ``kernel.hooks``
     ``name = "package.module"``: a module with ``pluggy`` hook implementations (see
     :mod:`kernel.hookspecs`), imported only when a hook is called.
+``kernel.models`` / ``kernel.datasets``
+    ``name = "package.module:function"``: a function returning the folder of a model (or a
+    dataset) the plugin ships; ``kernel generate`` uses the first model as its default.
 
 Rules (see ``docs/plugins.md``):
 
@@ -39,7 +42,8 @@ import warnings
 from importlib import metadata
 from typing import Any, Callable
 
-GROUPS = ("kernel.components", "kernel.aliases", "kernel.samplers", "kernel.hooks")
+GROUPS = ("kernel.components", "kernel.aliases", "kernel.samplers", "kernel.hooks", "kernel.models",
+          "kernel.datasets")
 _REF = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
 
 
@@ -213,7 +217,7 @@ class Registry:
 
     def check_all(self) -> None:
         """Import every registered name, recording load errors (used by ``kernel plugins --check``)."""
-        for group in ("kernel.components", "kernel.aliases", "kernel.samplers", "kernel.hooks"):
+        for group in GROUPS:
             for entry in list(self._table[group].values()):
                 try:
                     if group == "kernel.hooks":
