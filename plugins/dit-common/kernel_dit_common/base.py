@@ -4,142 +4,54 @@ Each family's pipeline prepares its conditioning and starting latents and passes
 function (latents, t -> model output, guidance included) to :meth:`TransformerPipeline.denoise`,
 which steps the scheduler, runs ``callback_on_step_end`` and an optional per-step ``blend``
 (inpainting's re-noised known region), with no host-device synchronisation of its own.
+
+The family-neutral schedule, VAE and argument helpers come from :mod:`kernel.pipeline_utils` and are
+re-exported here (``sample_latents`` is its ``encode_latents``).
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Sequence
 
 import torch
 
 from kernel.pipeline import Pipeline
+# Re-exported: the DiT pipelines import these from kernel_dit_common.
+from kernel.pipeline_utils import (OUTPUT_TYPES, batch_size_of, check_generators, check_output_type, check_pooled,
+                                   check_prompts, check_size, check_strength, effective_batch, repeat_to_batch,
+                                   retrieve_timesteps)
+from kernel.pipeline_utils import encode_latents as sample_latents
+from kernel.pipeline_utils import strength_timesteps as _strength_timesteps
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+__all__ = [
+    "OUTPUT_TYPES",
+    "TransformerPipeline",
+    "batch_size_of",
+    "check_generators",
+    "check_output_type",
+    "check_pooled",
+    "check_prompts",
+    "check_size",
+    "check_strength",
+    "effective_batch",
+    "from_model_latents",
+    "repeat_to_batch",
+    "retrieve_timesteps",
+    "sample_latents",
+    "strength_timesteps",
+    "to_model_latents",
+    "vae_shift",
+]
 
 
 # ---------------------------------------------------------------------------- schedules
-def retrieve_timesteps(scheduler, num_inference_steps: int | None = None, device=None,
-                       timesteps: Sequence[int] | None = None, sigmas: Sequence[float] | None = None,
-                       **kwargs: Any) -> tuple[torch.Tensor, int]:
-    """Set the scheduler's schedule (step count, or custom ``timesteps`` / ``sigmas``); return it and its length."""
-    if timesteps is not None and sigmas is not None:
-        raise ValueError("pass at most one of timesteps and sigmas")
-    accepted = set(inspect.signature(scheduler.set_timesteps).parameters)
-    for name, value in (("timesteps", timesteps), ("sigmas", sigmas)):
-        if value is None:
-            continue
-        if name not in accepted:
-            raise ValueError(f"{type(scheduler).__name__}.set_timesteps does not take custom {name}; "
-                             "use a scheduler that does, or num_inference_steps")
-        scheduler.set_timesteps(**{name: value}, device=device, **kwargs)
-        return scheduler.timesteps, len(scheduler.timesteps)
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-    scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
-    return scheduler.timesteps, num_inference_steps
-
-
 def strength_timesteps(scheduler, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
-    """The tail of the schedule image-to-image runs (SDEdit, Meng et al., arXiv:2108.01073)."""
-    kept = min(num_inference_steps * strength, num_inference_steps)
-    start = int(max(num_inference_steps - kept, 0))
-    order = getattr(scheduler, "order", 1)
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start * order)
-    return scheduler.timesteps[start * order:], num_inference_steps - start
-
-
-# ---------------------------------------------------------------------------- checks
-def batch_size_of(prompt, prompt_embeds) -> int:
-    if isinstance(prompt, str):
-        return 1
-    if isinstance(prompt, list):
-        return len(prompt)
-    return prompt_embeds.shape[0]
-
-
-def effective_batch(prompt, prompt_embeds, num_images_per_prompt: Any) -> int:
-    """Prompts x ``num_images_per_prompt``: the batch of latents, after checking the count is a positive int."""
-    if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-        raise ValueError(f"num_images_per_prompt must be a positive int, got {num_images_per_prompt!r}")
-    return batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
-
-
-def check_prompts(prompts: dict[str, Any], prompt_embeds: torch.Tensor | None,
-                  negatives: dict[str, Any] | None = None, negative_prompt_embeds: torch.Tensor | None = None) -> None:
-    """Text and embeddings exclusive; each text a str or list of str; embeddings of equal shape."""
-    for name, value in prompts.items():
-        if value is not None and prompt_embeds is not None:
-            raise ValueError(f"pass either {name} or prompt_embeds, not both")
-        if value is not None and not isinstance(value, (str, list)):
-            raise ValueError(f"{name} must be a str or a list of str, got {type(value).__name__}")
-    if prompts.get("prompt") is None and prompt_embeds is None:
-        raise ValueError("pass prompt (str or list of str) or prompt_embeds")
-    for name, value in (negatives or {}).items():
-        if value is not None and negative_prompt_embeds is not None:
-            raise ValueError(f"pass either {name} or negative_prompt_embeds, not both")
-    if prompt_embeds is not None and negative_prompt_embeds is not None and \
-            prompt_embeds.shape != negative_prompt_embeds.shape:
-        raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
-                         f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
-
-
-def check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds=None,
-                 negative_pooled_prompt_embeds=None, pooled_dim: int | None = None) -> None:
-    """Sequence and pooled embeddings come together, with matching batch sizes (and width)."""
-    pairs = (("prompt_embeds", prompt_embeds, "pooled_prompt_embeds", pooled_prompt_embeds),
-             ("negative_prompt_embeds", negative_prompt_embeds, "negative_pooled_prompt_embeds",
-              negative_pooled_prompt_embeds))
-    for seq_name, seq, pool_name, pool in pairs:
-        if seq is not None and pool is None:
-            raise ValueError(f"{seq_name} needs {pool_name} from the same text encoders; pass both")
-        if seq is None or pool is None:
-            continue
-        if pool.ndim != 2 or pool.shape[0] != seq.shape[0]:
-            raise ValueError(f"{pool_name} {tuple(pool.shape)} does not match {seq_name} {tuple(seq.shape)}: "
-                             f"expected shape ({seq.shape[0]}, pooled width)")
-        if pooled_dim is not None and pool.shape[1] != pooled_dim:
-            raise ValueError(f"{pool_name} has width {pool.shape[1]} but the transformer's pooled_projection_dim "
-                             f"is {pooled_dim}")
-
-
-def check_size(height: Any, width: Any, factor: int, why: str) -> None:
-    for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
-            raise ValueError(f"{name} must be a positive multiple of {factor} ({why}), got {value!r}")
-
-
-def check_strength(strength: Any) -> None:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0.0, 1.0], got {strength!r}")
-
-
-def check_generators(generator, batch_size: int) -> None:
-    if isinstance(generator, list) and len(generator) != batch_size:
-        raise ValueError(f"generator is a list of {len(generator)} generators but the effective batch size "
-                         f"(prompts x num_images_per_prompt) is {batch_size}; pass one generator or one per image")
-
-
-def check_output_type(output_type: str) -> None:
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type={output_type!r} is not supported; use one of {list(OUTPUT_TYPES)}")
+    """:func:`kernel.pipeline_utils.strength_timesteps` with the DiT pipelines' rounding (the start index
+    is floored, so ``steps * strength`` rounds up)."""
+    return _strength_timesteps(scheduler, num_inference_steps, strength, floor_kept=False)
 
 
 # ---------------------------------------------------------------------------- VAE
-def sample_latents(vae, images: torch.Tensor, generator) -> torch.Tensor:
-    """Posterior samples of ``images`` (one generator per image when given a list), unscaled."""
-    def one(x, g):
-        encoded = vae.encode(x)
-        dist = getattr(encoded, "latent_dist", None)
-        if dist is None:
-            dist = encoded[0]
-        return dist.sample(g) if hasattr(dist, "sample") else dist
-    if isinstance(generator, list):
-        return torch.cat([one(images[i:i + 1], generator[i]) for i in range(images.shape[0])])
-    return one(images, generator)
-
-
 def vae_shift(vae) -> float:
     return getattr(vae.config, "shift_factor", None) or 0.0
 
@@ -151,15 +63,6 @@ def to_model_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 
 def from_model_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return latents / vae.config.scaling_factor + vae_shift(vae)
-
-
-def repeat_to_batch(x: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
-    """Tile ``x`` (whole-batch copies) up to ``batch_size`` rows."""
-    if x.shape[0] >= batch_size:
-        return x
-    if batch_size % x.shape[0]:
-        raise ValueError(f"cannot spread {x.shape[0]} {what} over a batch of {batch_size}; give 1, or a divisor of it")
-    return x.repeat(batch_size // x.shape[0], *([1] * (x.ndim - 1)))
 
 
 # ---------------------------------------------------------------------------- pipeline base
