@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS) tests $(wildcard contracts/tests) $(wildcard plugins/*/tests) $(wildcard examples/*/tests)
 
 demo: setup
-	$(VENV)/bin/kernel plugins
+	$(VENV)/bin/kernel generate "a blue star at the center on a black background" --seed 0 --out demo.png
 
 bench: setup
 	$(PY) benchmarks/run.py

@@ -1,0 +1,125 @@
+"""``kernel generate`` on the embedded shapes-64 model: PNG parameters, --from, batches, errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kernel.cli import main
+from kernel.generate import format_infotext, parse_infotext, parse_size, resolve_model
+
+PROMPT = "a blue star at the center on a black background"
+
+
+def _params(path):
+    with Image.open(path) as im:
+        return parse_infotext(im.info["parameters"])
+
+
+def _pixels(path):
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_embedded_model_is_the_default():
+    name, folder = resolve_model(None)
+    assert name == "shapes-64"
+    assert (Path(folder) / "model_index.json").is_file()
+
+
+def test_generate_writes_a1111_parameters_and_from_reproduces_exactly(tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert main(["generate", PROMPT, "--steps", "3", "--seed", "7", "--out", str(a)]) == 0
+    err = capsys.readouterr().err
+    assert "3/3" in err  # the progress bar shows the steps
+    prompt, negative, params = _params(a)
+    assert (prompt, negative) == (PROMPT, "")
+    assert params["Steps"] == "3" and params["Seed"] == "7" and params["Size"] == "64x64"
+    assert params["Model"] == "shapes-64" and params["Sampler"] and float(params["CFG scale"]) > 1
+    with Image.open(a) as im:
+        assert im.size == (64, 64)
+    assert main(["generate", "--from", str(a), "--out", str(b), "--no-progress"]) == 0
+    assert np.array_equal(_pixels(a), _pixels(b))
+    assert _params(b) == _params(a)
+    # an explicit option overrides the stored one
+    c = tmp_path / "c.png"
+    assert main(["generate", "--from", str(a), "--seed", "8", "--out", str(c), "--no-progress"]) == 0
+    assert _params(c)[2]["Seed"] == "8" and not np.array_equal(_pixels(a), _pixels(c))
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M Karras", "DDIMScheduler"])
+def test_samplers_by_a1111_and_class_name_with_negative_prompt(tmp_path, sampler):
+    out = tmp_path / "s.png"
+    assert main(["generate", PROMPT, "--sampler", sampler, "--steps", "3", "--seed", "1", "--negative",
+                 "a red, square", "--guidance", "3", "--out", str(out), "--no-progress"]) == 0
+    prompt, negative, params = _params(out)
+    assert (negative, params["Sampler"], params["CFG scale"]) == ("a red, square", sampler, "3.0")
+    again = tmp_path / "again.png"
+    assert main(["generate", "--from", str(out), "--out", str(again), "--no-progress"]) == 0
+    assert np.array_equal(_pixels(out), _pixels(again))
+
+
+def test_batch_writes_files_and_a_grid_with_consecutive_seeds(tmp_path):
+    out = tmp_path / "batch.png"
+    assert main(["generate", PROMPT, "--batch", "3", "--steps", "2", "--seed", "5", "--out", str(out),
+                 "--no-progress"]) == 0
+    files = [tmp_path / f"batch-{i}.png" for i in range(3)]
+    assert [_params(f)[2]["Seed"] for f in files] == ["5", "6", "7"]
+    with Image.open(tmp_path / "batch-grid.png") as im:
+        assert im.size == (128, 128)
+    grid = _pixels(tmp_path / "batch-grid.png")
+    assert np.array_equal(grid[64:, :64], _pixels(files[2]))
+    redo = tmp_path / "redo.png"
+    assert main(["generate", "--from", str(files[1]), "--out", str(redo), "--no-progress"]) == 0
+    assert np.array_equal(_pixels(redo), _pixels(files[1]))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--sampler", "Eulerr"], "unknown sampler"),
+    (["--size", "66x64"], "multiples of 4"),
+    (["--size", "big"], "WIDTHxHEIGHT"),
+    (["--steps", "0"], "--steps"),
+    (["--dtype", "float16", "--device", "cuda:7"], "--device"),
+])
+def test_bad_options_are_one_clear_line(tmp_path, capsys, argv, needle):
+    if "cuda:7" in argv:
+        pytest.importorskip("torch")
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+    code = main(["generate", PROMPT, "--steps", "2", "--out", str(tmp_path / "x.png"), "--no-progress", *argv]
+                if "--steps" not in argv else ["generate", PROMPT, "--out", str(tmp_path / "x.png"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and needle in err and err.startswith("kernel generate: error:")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unreadable_model_folder_exits_non_zero_without_traceback(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{not json")
+    kernel_bin = Path(sys.executable).with_name("kernel")
+    for folder, needle in ((tmp_path, "model_index.json"), (broken, "cannot load")):
+        out = subprocess.run([str(kernel_bin), "generate", PROMPT, "--model", str(folder), "--out",
+                              str(tmp_path / "x.png")], capture_output=True, text=True)
+        assert out.returncode == 2
+        assert "Traceback" not in out.stderr and needle in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_infotext_round_trip_and_parse_of_webui_text():
+    text = format_infotext("a red, circle: big\nsecond line", "blurry\nugly",
+                           {"Steps": 20, "Sampler": "DPM++ 2M", "CFG scale": 7.0, "Seed": 1, "Model": 'x: "y"'})
+    prompt, negative, params = parse_infotext(text)
+    assert prompt == "a red, circle: big\nsecond line" and negative == "blurry\nugly"
+    assert params == {"Steps": "20", "Sampler": "DPM++ 2M", "CFG scale": "7.0", "Seed": "1", "Model": 'x: "y"'}
+    webui = ("masterpiece, cat\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, Schedule type: Karras, "
+             "CFG scale: 7, Seed: 42, Size: 512x768, Model hash: abc123, Model: sd15")
+    prompt, negative, params = parse_infotext(webui)
+    assert (prompt, negative, params["Sampler"], params["Size"]) == ("masterpiece, cat", "dog", "Euler a", "512x768")
+    assert parse_infotext("just a prompt") == ("just a prompt", "", {})
+    assert parse_size("64x48") == (64, 48)
