@@ -187,14 +187,9 @@ class Pipeline(ConfigMixin):
         return getattr(self, "_interrupt", False)
 
     def check_callback_inputs(self, names: list[str] | None) -> None:
-        if names is None:
-            return
-        unknown = [n for n in names if n not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(
-                f"callback_on_step_end_tensor_inputs names {unknown}, which {type(self).__name__} does not "
-                f"have; accepted: {self._callback_tensor_inputs}"
-            )
+        from kernel.pipeline_utils import check_callback_inputs
+
+        check_callback_inputs(names, self._callback_tensor_inputs)
 
     def run_step_callback(self, callback: Any, step: int, timestep: Any, names: list[str] | None,
                           local_vars: dict) -> dict:
