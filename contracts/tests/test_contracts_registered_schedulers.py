@@ -85,10 +85,6 @@ KNOWN_FAILURES: dict[str, dict[str, str]] = {
     "DPMSolverMultistepScheduler": {"exact_model_convergence": _FLOW_ON_VP},
     "DPMSolverSinglestepScheduler": {"exact_model_convergence": _FLOW_ON_VP},
     "UniPCMultistepScheduler": {"exact_model_convergence": _FLOW_ON_VP},
-    "FlowMatchHeunDiscreteScheduler": {
-        "add_noise": "add_noise with a batch of timesteps raises 'a Tensor with 2 elements cannot be converted to Scalar'",
-        "exact_model_convergence": "add_noise with a batch of timesteps raises (see add_noise)",
-    },
     "KDPM2AncestralDiscreteScheduler": {
         "timestep_order": _INHERITED + "with use_exponential_sigmas the interpolated mid-step timestep can exceed the next "
         "full step by ~3e-4 (537.3851 after 537.3854 is fine, 61.25271 then 61.25274 is not)",

@@ -65,6 +65,11 @@ class FlowMatchHeunDiscreteScheduler(FlowMatchSchedulerBase):
         sigma = float(self._sigma_table[self._step_index])
         return sigma * noise + (1.0 - sigma) * sample
 
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """The forward process at each item's own timestep (``scale_noise`` above keeps the reference's
+        current-step behaviour for parity; ``add_noise`` is ours and takes a batch of timesteps)."""
+        return FlowMatchSchedulerBase.scale_noise(self, original_samples, timesteps, noise)
+
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         n = validate_num_inference_steps(num_inference_steps)
         self.num_inference_steps = n

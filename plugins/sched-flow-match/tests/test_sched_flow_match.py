@@ -245,3 +245,19 @@ def test_no_host_device_sync_in_step(cls):
             x = sched.step(0.1 * x, t, x).prev_sample
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_heun_add_noise_takes_a_batch_of_timesteps():
+    """add_noise (ours; Diffusers' Heun has only scale_noise) noises each item at its own timestep."""
+    import torch
+
+    from kernel_sched_flow_match import FlowMatchHeunDiscreteScheduler
+
+    s = FlowMatchHeunDiscreteScheduler()
+    s.set_timesteps(5)
+    x0, noise = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    t = torch.stack([s.timesteps[0], s.timesteps[-1]])
+    out = s.add_noise(x0, noise, t)
+    sig = t / s.config.num_train_timesteps
+    expected = sig.view(2, 1, 1, 1) * noise + (1 - sig.view(2, 1, 1, 1)) * x0
+    torch.testing.assert_close(out, expected)
