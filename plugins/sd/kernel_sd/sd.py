@@ -17,6 +17,7 @@ from kernel.image_processor import VaeImageProcessor
 from kernel_clip import encode_prompt as clip_encode_prompt
 
 from kernel_sd.base import StableDiffusionBase, default_callback_names
+from kernel.pipeline_utils import repeat_to_batch
 from kernel_sd.common import (
     batch_size_of,
     check_callback_inputs,
@@ -176,16 +177,10 @@ class StableDiffusionImg2ImgPipeline(_StableDiffusionCommon):
         if image.shape[1] == self.vae.config.latent_channels:
             init = image
         else:
-            if isinstance(generator, list) and image.shape[0] < batch:
-                if batch % image.shape[0]:
-                    raise ValueError(f"image batch {image.shape[0]} does not divide the batch size {batch}")
-                image = torch.cat([image] * (batch // image.shape[0]))
+            if isinstance(generator, list):
+                image = repeat_to_batch(image, batch, "images")
             init = self.vae.config.scaling_factor * self._encode_image_latents(image, generator, upcast=False)
-        if batch > init.shape[0]:
-            if batch % init.shape[0]:
-                raise ValueError(f"cannot repeat {init.shape[0]} images to a batch of {batch}; "
-                                 "pass one image or one per prompt")
-            init = torch.cat([init] * (batch // init.shape[0]))
+        init = repeat_to_batch(init, batch, "images")
         noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
         return self.scheduler.add_noise(init, noise, timestep)
 
@@ -406,9 +401,3 @@ def inpaint_crop(mask_processor, mask_image, width, height, padding_mask_crop):
     return mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop), "fill"
 
 
-def repeat_to_batch(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
-    if t.shape[0] < batch:
-        if batch % t.shape[0]:
-            raise ValueError(f"{name} has batch {t.shape[0]}, which does not divide the batch size {batch}")
-        t = t.repeat(batch // t.shape[0], 1, 1, 1)
-    return t

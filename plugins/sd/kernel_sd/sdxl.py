@@ -35,7 +35,8 @@ from kernel_sd.common import (
     truncate_for_denoising_end,
 )
 from kernel_sd.outputs import StableDiffusionXLPipelineOutput
-from kernel_sd.sd import check_inpaint_inputs, inpaint_crop, repeat_to_batch
+from kernel.pipeline_utils import repeat_to_batch
+from kernel_sd.sd import check_inpaint_inputs, inpaint_crop
 
 
 class _StableDiffusionXLCommon(StableDiffusionBase):
@@ -325,10 +326,8 @@ class StableDiffusionXLImg2ImgPipeline(_XLImageBase):
         if image.shape[1] == cfg.latent_channels:
             init = image
         else:
-            if isinstance(generator, list) and image.shape[0] < batch:
-                if batch % image.shape[0]:
-                    raise ValueError(f"image batch {image.shape[0]} does not divide the batch size {batch}")
-                image = torch.cat([image] * (batch // image.shape[0]))
+            if isinstance(generator, list):
+                image = repeat_to_batch(image, batch, "images")
             init = self._encode_image_latents(image, generator, upcast=True)
             mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
             if mean is not None and std is not None:
@@ -337,11 +336,7 @@ class StableDiffusionXLImg2ImgPipeline(_XLImageBase):
                 init = (init - mean) * cfg.scaling_factor / std
             else:
                 init = cfg.scaling_factor * init
-        if batch > init.shape[0]:
-            if batch % init.shape[0]:
-                raise ValueError(f"cannot repeat {init.shape[0]} images to a batch of {batch}; "
-                                 "pass one image or one per prompt")
-            init = torch.cat([init] * (batch // init.shape[0]))
+        init = repeat_to_batch(init, batch, "images")
         if add_noise:
             noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
             init = self.scheduler.add_noise(init, noise, timestep)
