@@ -36,7 +36,7 @@ UNET_COMMON = ["--dataset", "shapes", "--dataset_length", "20000", "--train_batc
 #: Phase 1 weights the v-loss by min-SNR-5 (fast colour learning); phase 2 drops the weighting, which
 #: starved the high-noise steps where the layout (position, shape) is decided.
 UNET_PHASES = [["--max_train_steps", "800", "--snr_gamma", "5", "--checkpointing_steps", "200"],
-               ["--max_train_steps", "4000", "--checkpointing_steps", "100"]]
+               ["--max_train_steps", "5200", "--checkpointing_steps", "100"]]
 
 
 def main(argv: list[str] | None = None) -> int:
