@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernel.nn.conv import Conv2d
 from kernel.nn.activations import get_activation
 from kernel.nn.normalization import AdaGroupNorm, SpatialNorm
 from kernel.nn.sampling import Downsample2D, Upsample2D
@@ -36,7 +37,7 @@ class _ResnetBase(nn.Module):
 
     def _init_skip(self, in_channels: int, out_channels: int, use_in_shortcut, conv_shortcut_bias: bool) -> None:
         self.use_in_shortcut = in_channels != out_channels if use_in_shortcut is None else use_in_shortcut
-        self.conv_shortcut = (nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=conv_shortcut_bias)
+        self.conv_shortcut = (Conv2d(in_channels, out_channels, kernel_size=1, bias=conv_shortcut_bias)
                               if self.use_in_shortcut else None)
 
     def _resample(self, input_tensor: torch.Tensor, hidden_states: torch.Tensor):
@@ -76,7 +77,7 @@ class ResnetBlock2D(_ResnetBase):
         self.skip_time_act = skip_time_act
 
         self.norm1 = nn.GroupNorm(num_groups=groups, num_channels=in_channels, eps=eps, affine=True)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.time_emb_proj = None
         if temb_channels is not None:
             width = out_channels * (2 if time_embedding_norm == "scale_shift" else 1)
@@ -84,7 +85,7 @@ class ResnetBlock2D(_ResnetBase):
         self.norm2 = nn.GroupNorm(num_groups=groups_out or groups, num_channels=out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(dropout)
         conv_2d_out_channels = conv_2d_out_channels or out_channels
-        self.conv2 = nn.Conv2d(out_channels, conv_2d_out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv2 = Conv2d(out_channels, conv_2d_out_channels, kernel_size=3, stride=1, padding=1)
         self.nonlinearity = get_activation(non_linearity)
         self.upsample = _resampler(in_channels, up, False, kernel)
         self.downsample = _resampler(in_channels, False, down, kernel) if not up else None
@@ -135,11 +136,11 @@ class ResnetBlockCondNorm2D(_ResnetBase):
             raise ValueError(f"time_embedding_norm={time_embedding_norm!r}; use 'ada_group' or 'spatial'")
 
         self.norm1 = norm(in_channels, groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.norm2 = norm(out_channels, groups_out or groups)
         self.dropout = nn.Dropout(dropout)
         conv_2d_out_channels = conv_2d_out_channels or out_channels
-        self.conv2 = nn.Conv2d(out_channels, conv_2d_out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv2 = Conv2d(out_channels, conv_2d_out_channels, kernel_size=3, stride=1, padding=1)
         self.nonlinearity = get_activation(non_linearity)
         self.upsample = Upsample2D(in_channels, use_conv=False) if up else None
         self.downsample = Downsample2D(in_channels, use_conv=False, padding=1, name="op") if down and not up else None

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernel.nn.conv import Conv2d
 from kernel.nn.normalization import RMSNorm
 
 
@@ -46,7 +47,7 @@ class Upsample2D(nn.Module):
             conv = nn.ConvTranspose2d(channels, self.out_channels, kernel_size=kernel_size or 4, stride=2,
                                       padding=padding, bias=bias)
         elif use_conv:
-            conv = nn.Conv2d(channels, self.out_channels, kernel_size=kernel_size or 3, padding=padding, bias=bias)
+            conv = Conv2d(channels, self.out_channels, kernel_size=kernel_size or 3, padding=padding, bias=bias)
         if name == "conv":
             self.conv = conv
         else:
@@ -82,7 +83,7 @@ class Downsample2D(nn.Module):
         self.name = name
         self.norm = _channel_norm(norm_type, channels, eps, elementwise_affine)
         if use_conv:
-            conv = nn.Conv2d(channels, self.out_channels, kernel_size=kernel_size, stride=2, padding=padding, bias=bias)
+            conv = Conv2d(channels, self.out_channels, kernel_size=kernel_size, stride=2, padding=padding, bias=bias)
         else:
             if channels != self.out_channels:
                 raise ValueError("Downsample2D without a convolution cannot change the channel count")

@@ -204,3 +204,72 @@ def test_timestep_embedding_matches(dim, flip, shift, scale, period):
     _close(get_timestep_embedding(t, dim, flip, shift, scale, period), ref(t, dim, flip, shift, scale, period), 0)
     with pytest.raises(ValueError, match="1-D"):
         get_timestep_embedding(t[None], dim)
+
+
+# --- Conv2d: im2col + GEMM path for weight-bound CPU inference -------------------------------------
+
+
+@pytest.fixture
+def gemm_everywhere(monkeypatch):
+    """Force kernel.nn.Conv2d's GEMM path for every eligible call, and fail if a call falls back."""
+    from kernel.nn.conv import Conv2d
+
+    monkeypatch.setattr(Conv2d, "gemm_min_weight_bytes", 0)
+    monkeypatch.setattr(Conv2d, "gemm_max_positions", 1 << 30)
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("fell back to nn.Conv2d")
+
+    return lambda: monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", no_fallback)
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding,dilation,bias", [
+    (3, 1, 1, 1, True), (3, 2, 1, 1, True), (1, 1, 0, 1, False), (3, 1, 0, 1, True), (3, 1, (1, 2), 1, False),
+    ((3, 1), 2, (1, 0), 1, True), (3, 1, 2, 2, True), (4, 2, 1, 1, False)])
+@pytest.mark.parametrize("height,width", [(7, 7), (5, 9)])
+def test_conv2d_gemm_path_matches_nn_conv2d(gemm_everywhere, kernel_size, stride, padding, dilation, bias,
+                                            height, width):
+    from kernel.nn.conv import Conv2d
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(6, 5, kernel_size, stride, padding, dilation, bias=bias)
+    ours = Conv2d(6, 5, kernel_size, stride, padding, dilation, bias=bias)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 6, height, width)
+    with torch.no_grad():
+        expected = ref(x)
+        gemm_everywhere()
+        _close(ours(x), expected)
+
+
+def test_conv2d_gemm_path_only_for_float32_cpu_inference(gemm_everywhere):
+    from kernel.nn.conv import Conv2d
+
+    conv = Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        assert conv._use_gemm(x)
+        assert not conv._use_gemm(x.double())
+        assert not Conv2d(4, 4, 3, padding=1, groups=2)._use_gemm(x)
+        assert not Conv2d(4, 4, 3, padding="same")._use_gemm(x)
+        assert not Conv2d(4, 4, 3, padding=1, padding_mode="reflect")._use_gemm(x)
+    assert not conv._use_gemm(x)  # grad mode on: training keeps nn.Conv2d (and its backward)
+    out = conv(x.requires_grad_())
+    out.sum().backward()
+    assert conv.weight.grad is not None
+
+
+def test_conv2d_default_thresholds_pick_big_weights_on_few_positions():
+    from kernel.nn.conv import Conv2d
+
+    with torch.device("meta"):
+        big = Conv2d(1280, 1280, 3, padding=1)  # 59 MB of float32 weight
+        small = Conv2d(320, 320, 3, padding=1)
+    with torch.no_grad():
+        big.weight = torch.nn.Parameter(torch.empty(big.weight.shape))  # the check reads shape/dtype/device only
+        small.weight = torch.nn.Parameter(torch.empty(small.weight.shape))
+        assert big._use_gemm(torch.empty(2, 1280, 8, 8))  # 128 output positions: the UNet's low-resolution end
+        assert big._use_gemm(torch.empty(2, 1280, 8, 8)[:, :, ::2, ::2])
+        assert not big._use_gemm(torch.empty(2, 1280, 16, 16))
+        assert not small._use_gemm(torch.empty(2, 320, 4, 4))
+    assert isinstance(big, torch.nn.Conv2d) and list(big.state_dict()) == ["weight", "bias"]

@@ -219,3 +219,15 @@ def test_save_load_both_ways(tmp_path):
         _close(loaded(x, 2, ehs, **kw).sample, expected)
         _close(back(x, 2, ehs, **kw).sample, expected)
     assert dict(loaded.config)["transformer_layers_per_block"] == [1, 2]
+
+
+@torch.no_grad()
+def test_forward_matches_diffusers_with_every_conv_on_the_gemm_path(monkeypatch):
+    from kernel.nn.conv import Conv2d
+
+    ref, ours = _pair("sd1")
+    x, ehs, kw = _inputs(CONFIGS["sd1"], 2)
+    expected = ref(x, 417, ehs, **kw).sample
+    monkeypatch.setattr(Conv2d, "gemm_min_weight_bytes", 0)
+    monkeypatch.setattr(Conv2d, "gemm_max_positions", 1 << 30)
+    _close(ours(x, 417, ehs, **kw).sample, expected)
