@@ -284,8 +284,8 @@ def check_steps_left(num_inference_steps: int, strength: Any) -> None:
     """After strength trimming, at least one denoising step must remain."""
     if num_inference_steps < 1:
         raise ValueError(
-            f"strength={strength} leaves {num_inference_steps} denoising steps; raise strength or "
-            "num_inference_steps so at least one step runs"
+            f"strength={strength} leaves no denoising step ({num_inference_steps} after trimming); raise "
+            "strength or num_inference_steps so at least one step runs"
         )
 
 

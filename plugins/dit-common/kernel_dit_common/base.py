@@ -18,7 +18,7 @@ import torch
 from kernel.pipeline import Pipeline
 # Re-exported: the DiT pipelines import these from kernel_dit_common.
 from kernel.pipeline_utils import (OUTPUT_TYPES, batch_size_of, check_generators, check_output_type, check_pooled,
-                                   check_prompts, check_size, check_strength, effective_batch, repeat_to_batch,
+                                   check_prompts, check_size, check_steps_left, check_strength, effective_batch, repeat_to_batch,
                                    retrieve_timesteps)
 from kernel.pipeline_utils import encode_latents as sample_latents
 from kernel.pipeline_utils import strength_timesteps as _strength_timesteps
@@ -32,6 +32,7 @@ __all__ = [
     "check_pooled",
     "check_prompts",
     "check_size",
+    "check_steps_left",
     "check_strength",
     "effective_batch",
     "from_model_latents",

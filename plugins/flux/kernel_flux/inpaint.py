@@ -21,6 +21,7 @@ from kernel.image_processor import VaeImageProcessor
 from kernel.scheduling import randn_tensor
 from kernel_dit_common import (
     check_generators,
+    check_steps_left,
     check_strength,
     effective_batch,
     repeat_to_batch,
@@ -149,9 +150,7 @@ class FluxInpaintPipeline(FluxPipeline):
         seq_len = (int(height) // self.vae_scale_factor // 2) * (int(width) // self.vae_scale_factor // 2)
         timesteps, steps = self._schedule(num_inference_steps, sigmas, seq_len)
         timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
-        if steps < 1:
-            raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no "
-                             "denoising step; raise either")
+        check_steps_left(steps, strength)
 
         rows, cols = self._latent_grid(height, width)
         channels = self.transformer.config.in_channels // 4

@@ -27,6 +27,7 @@ from kernel_dit_common import (
     check_pooled,
     check_prompts,
     check_size,
+    check_steps_left,
     check_strength,
     effective_batch,
     repeat_to_batch,
@@ -276,9 +277,7 @@ class FluxImg2ImgPipeline(FluxPipeline):
         seq_len = (int(height) // self.vae_scale_factor // 2) * (int(width) // self.vae_scale_factor // 2)
         timesteps, steps = self._schedule(num_inference_steps, sigmas, seq_len)
         timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
-        if steps < 1:
-            raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no "
-                             "denoising step; raise either")
+        check_steps_left(steps, strength)
         rows, cols = self._latent_grid(height, width)
         channels = self.transformer.config.in_channels // 4
         img_ids = latent_image_ids(rows // 2, cols // 2, device, dtype)

@@ -35,7 +35,7 @@ from kernel_sd.common import (
     truncate_for_denoising_end,
 )
 from kernel_sd.outputs import StableDiffusionXLPipelineOutput
-from kernel.pipeline_utils import repeat_to_batch
+from kernel.pipeline_utils import check_pooled, repeat_to_batch
 from kernel_sd.sd import check_inpaint_inputs, inpaint_crop
 
 
@@ -89,10 +89,7 @@ class _StableDiffusionXLCommon(StableDiffusionBase):
         check_callback_inputs(callback_names, self._callback_tensor_inputs)
         check_embeds(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
                      prompt_2=prompt_2, negative_prompt_2=negative_prompt_2)
-        if prompt_embeds is not None and pooled_prompt_embeds is None:
-            raise ValueError("with prompt_embeds, also pass pooled_prompt_embeds (from text_encoder_2)")
-        if negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None:
-            raise ValueError("with negative_prompt_embeds, also pass negative_pooled_prompt_embeds")
+        check_pooled(prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive int, got {num_images_per_prompt!r}")
 

@@ -25,6 +25,7 @@ from kernel_dit_common import (
     check_pooled,
     check_prompts,
     check_size,
+    check_steps_left,
     check_strength,
     effective_batch,
     repeat_to_batch,
@@ -260,9 +261,7 @@ class StableDiffusion3Img2ImgPipeline(_SD3Base):
         pixels = self.image_processor.preprocess(image, height=height, width=width)
         timesteps, steps = self._schedule(num_inference_steps, sigmas, mu, height, width)
         timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
-        if steps < 1:
-            raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no "
-                             "denoising step; raise either")
+        check_steps_left(steps, strength)
         if latents is None:
             start = self._image_latents(pixels, batch, embeds.dtype, generator)
             noise = randn_tensor(start.shape, generator=generator, device=start.device, dtype=embeds.dtype)
@@ -319,9 +318,7 @@ class StableDiffusion3InpaintPipeline(StableDiffusion3Img2ImgPipeline):
         dtype = embeds.dtype
         timesteps, steps = self._schedule(num_inference_steps, sigmas, mu, height, width)
         timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
-        if steps < 1:
-            raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no "
-                             "denoising step; raise either")
+        check_steps_left(steps, strength)
         crops, resize_mode = None, "default"
         if padding_mask_crop is not None:
             crops = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
