@@ -542,6 +542,22 @@ def time_pipelines(rep: Report, label: str, mine, other, size: int, steps: int, 
         note = f"max|image ours-diffusers| {diff:.3g}"
     rep.add(f"{label} pipeline {size}px {steps} steps {str(mine.unet.dtype)[6:]} end to end", "s", times["ours"],
             times.get("theirs"), "<= 0.95", note)
+    # The same pipeline with the denoiser replayed from CUDA graphs (pipe.enable_cuda_graphs()).
+    if torch.device(device).type != "cuda":
+        rep.note(f"{label} enable_cuda_graphs row skipped: needs CUDA")
+        return
+    eager = torch.as_tensor(images[id(mine)])
+    try:
+        mine.enable_cuda_graphs()
+        call(mine, 2)()  # captures the step's graph for this size
+        graphed = alternate({"ours": call(mine, steps)}, device, 1, cfg["pipe_rounds"], warmup=0)["ours"]
+        same = torch.equal(torch.as_tensor(images[id(mine)]), eager)
+        rep.add(f"{label} pipeline {size}px {steps} steps, ours with enable_cuda_graphs", "s", graphed,
+                times.get("theirs"), "<= 0.5 of Diffusers eager", f"image identical to ours eager: {same}")
+    except Exception as exc:  # a failed capture is a result to report, not a reason to lose the table
+        rep.note(f"{label} enable_cuda_graphs failed: {type(exc).__name__}: {exc}")
+    finally:
+        mine.disable_cuda_graphs()
 
 
 def denoise_loop(unet, scheduler, latents, context, added, steps: int, device):

@@ -163,6 +163,7 @@ class Pipeline(ConfigMixin):
                 raise TypeError(f"Pipeline.to takes a device and/or a torch.dtype, got {arg!r}")
         if device is not None and getattr(self, "_offload_device", None) is not None:
             raise ValueError("this pipeline uses CPU offloading; call to(device) before enabling offload, not after")
+        self.disable_cuda_graphs()  # captured graphs point at the old tensors
         for module in self._modules().values():
             module.to(device=device, dtype=dtype)
         return self
@@ -231,6 +232,7 @@ class Pipeline(ConfigMixin):
         from accelerate import cpu_offload_with_hook
 
         target = _offload_target(gpu_id, device)
+        self.disable_cuda_graphs()
         self.remove_all_hooks()
         self.to("cpu")
         self._offload_device = target
@@ -252,6 +254,7 @@ class Pipeline(ConfigMixin):
         from accelerate import cpu_offload
 
         target = _offload_target(gpu_id, device)
+        self.disable_cuda_graphs()
         self.remove_all_hooks()
         self.to("cpu")
         self._offload_device = target
@@ -275,6 +278,49 @@ class Pipeline(ConfigMixin):
         self._offload_hooks = []
         self._offload_device = None
         self._offload_kind = None
+
+    # ---------------------------------------------------------------- CUDA graphs
+    #: Component names that hold the network a denoising loop calls every step, in lookup order.
+    _denoiser_names: tuple[str, ...] = ("unet", "transformer", "prior", "decoder")
+
+    def _denoiser(self) -> tuple[str, torch.nn.Module] | None:
+        modules = self._modules()
+        for name in self._denoiser_names:
+            if name in modules:
+                return name, modules[name]
+        return None
+
+    def enable_cuda_graphs(self, warmup: int = 2) -> None:
+        """Replay the denoiser's forward from CUDA graphs: one launch per step, outputs bit-identical.
+
+        Each new input signature (sizes, batch, dtypes) is captured once after ``warmup`` eager calls;
+        later steps copy their inputs into the captured buffers and replay (see
+        :mod:`kernel.cuda_graphs`).  Call it after ``to("cuda")``; ``to()`` and the offload switches
+        turn it off.  It needs the denoiser on a CUDA device and no CPU offload hooks.
+        """
+        from kernel.cuda_graphs import GraphedForward
+
+        found = self._denoiser()
+        if found is None:
+            raise ValueError(f"{type(self).__name__} has no denoiser component ({', '.join(self._denoiser_names)}) "
+                             "for enable_cuda_graphs")
+        name, module = found
+        if getattr(self, "_offload_kind", None):
+            raise ValueError("enable_cuda_graphs does not combine with CPU offload (a graph keeps the addresses of "
+                             "weights the hooks move); call remove_all_hooks() and to('cuda') first")
+        device = next(module.parameters()).device
+        if device.type != "cuda":
+            raise ValueError(f"enable_cuda_graphs needs the {name} on a CUDA device (pipe.to('cuda')); it is on {device}")
+        self.disable_cuda_graphs()
+        module.forward = GraphedForward(module.forward, device, warmup)
+
+    def disable_cuda_graphs(self) -> None:
+        """Back to eager calls; the captured graphs and their memory are released."""
+        from kernel.cuda_graphs import GraphedForward
+
+        found = self._denoiser()
+        if found is not None and isinstance(found[1].__dict__.get("forward"), GraphedForward):
+            del found[1].forward
 
     # ---------------------------------------------------------------- images
     @staticmethod
