@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernel.nn.conv import Conv2d
 from kernel.nn.activations import get_activation
+from kernel.nn.conv import Conv2d
 from kernel.nn.normalization import AdaGroupNorm, SpatialNorm
 from kernel.nn.sampling import Downsample2D, Upsample2D
 
