@@ -121,6 +121,9 @@ class GraphedForward:
             for _ in range(self.warmup):
                 self.forward(*args, **kwargs)
         current.wait_stream(side)
+        # One memory pool for all signatures.  Safe in any replay order here: input buffers live
+        # outside the pool, and every replay's outputs are cloned before any other graph runs, so
+        # one graph overwriting another's (dead) intermediates or stale outputs loses nothing.
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
