@@ -101,6 +101,35 @@ def case_step(lib: str, args: dict) -> dict:
     return {"seconds": times[len(times) // 2], "peak_rss_mb": peak_rss_mb()}
 
 
+def case_step_ab(lib: str, args: dict) -> dict:
+    """Both UNets in one process, forwards alternating: the machine's slow and fast spells hit both
+    libraries alike, unlike separate processes (``lib`` is ignored)."""
+    import statistics
+
+    import torch
+
+    import kernel
+    from diffusers import UNet2DConditionModel
+
+    models = {"ours": kernel.component("UNet2DConditionModel").from_pretrained(args["folder"], subfolder="unet"),
+              "diffusers": UNet2DConditionModel.from_pretrained(args["folder"], subfolder="unet")}
+    g = torch.Generator().manual_seed(0)
+    size = args.get("latent", 64)
+    sample = torch.randn(2, 4, size, size, generator=g)
+    context = torch.randn(2, 77, models["ours"].config.cross_attention_dim, generator=g)
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model.eval()(sample, 500, context)  # warm-up
+        for i in range(args.get("rounds", 3)):
+            for name in (list(models) if i % 2 == 0 else list(models)[::-1]):
+                t0 = time.perf_counter()
+                models[name](sample, 500, context)
+                times[name].append(time.perf_counter() - t0)
+    return {"ours": times["ours"], "diffusers": times["diffusers"],
+            "ratio": statistics.median(times["ours"]) / statistics.median(times["diffusers"])}
+
+
 def case_pipeline(lib: str, args: dict) -> dict:
     import torch
 
@@ -126,8 +155,8 @@ def case_cold_start(lib: str, args: dict) -> dict:
     return {"peak_rss_mb": peak_rss_mb()}
 
 
-CASES = {"import": case_import, "load": case_load, "step": case_step, "pipeline": case_pipeline,
-         "cold_start": case_cold_start}
+CASES = {"import": case_import, "load": case_load, "step": case_step, "step_ab": case_step_ab,
+         "pipeline": case_pipeline, "cold_start": case_cold_start}
 
 if __name__ == "__main__":
     case, lib = sys.argv[1], sys.argv[2]

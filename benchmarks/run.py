@@ -125,6 +125,8 @@ def main(argv=None) -> int:
         args = {"folder": str(sd15), "latent": 64, "repeats": 2 if opts.quick else 3}
         o, t = repeat(1 if opts.quick else 2, "step", args)
         table.add("UNet step 512px batch 2 fp32 CPU", "s", o, t, "<= 0.95")
+        res, _ = worker("step_ab", "ours", {"folder": str(sd15), "latent": 64, "rounds": 2 if opts.quick else 4})
+        table.add("  same, one process, alternating", "s", res["ours"], res["diffusers"], "<= 0.95")
     if want("pipeline"):
         args = {"folder": str(sd15), "size": 128 if opts.quick else 256, "steps": 4 if opts.quick else 10}
         ours_t, theirs_t, ours_m, theirs_m = [], [], [], []
