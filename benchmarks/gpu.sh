@@ -13,6 +13,8 @@ PY=${PYTHON:-python3}
 BUDGET=${KERNEL_BENCH_BUDGET_S:-445}       # seconds for the whole run, installs included
 SITE=${KERNEL_BENCH_SITE:-/tmp/kernel-bench-site}
 PLUGINS=${KERNEL_BENCH_PLUGINS:-"unet autoencoders clip sd flux dit-common t5 sched-euler sched-pndm sched-flow-match sched-ddim"}
+GPU_TESTS=${KERNEL_GPU_TESTS:-0}          # 1: also run the CUDA-only tests first (needs every plugin)
+[ "$GPU_TESTS" = 1 ] && PLUGINS=all
 [ "$PLUGINS" = all ] && PLUGINS=$(cd plugins && ls -d */ | tr -d /)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_INDEX=1
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -45,6 +47,7 @@ fi
 # 2. The kernel and the plugins, editable, one pip call.
 ARGS=(-e .)
 for p in $PLUGINS; do ARGS+=(-e "plugins/$p"); done
+[ "$GPU_TESTS" = 1 ] && ARGS+=(-e contracts)
 if ! $PY -m pip install -q --no-deps --no-build-isolation "${ARGS[@]}"; then
   echo "# system site-packages refused; retrying with --user"
   $PY -m pip install -q --user --no-deps --no-build-isolation "${ARGS[@]}" || { echo "# install failed"; exit 1; }
@@ -66,6 +69,19 @@ print(f"# torch {torch.__version__}, CUDA {torch.version.cuda}, device "
       f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
 PYEOF
 [ $? -eq 0 ] || exit 1
+
+# 3b. Optional (KERNEL_GPU_TESTS=1): the tests that skip without CUDA (host-sync checks of every
+#     scheduler, CUDA-graph pipeline switch, offload, CLI device), at most 150 s of the budget.
+if [ "$GPU_TESTS" = 1 ]; then
+  if $PY -c "import pytest, hypothesis" 2>/dev/null; then
+    mapfile -t TEST_FILES < <(grep -rl "cuda.is_available" --include='test_*.py' plugins tests)
+    echo "# CUDA-only tests from ${#TEST_FILES[@]} files"
+    timeout -k 5 150 $PY -m pytest -q -rs -p no:cacheprovider -k "cuda or sync or graph" "${TEST_FILES[@]}" 2>&1 \
+      | tail -40 | tee ${OUT:+$OUT/gpu_tests.txt}
+  else
+    echo "# KERNEL_GPU_TESTS=1 but pytest or hypothesis is missing: add their wheels to .whl/ (benchmarks/GPU.md)"
+  fi
+fi
 
 # 4. The benchmarks, inside what is left of the budget (a hard stop 30 s after it).
 LEFT=$((BUDGET - SECONDS))
