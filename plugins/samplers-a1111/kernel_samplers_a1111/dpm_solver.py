@@ -119,8 +119,6 @@ class DPMFastScheduler(_DPMSolverSteps):
         eta: float = 0.0,
         s_noise: float = 1.0,
     ) -> None:
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
         self._setup()
 
     def _steps(self, n: int) -> list[PlannedStep]:
@@ -164,8 +162,6 @@ class DPMAdaptiveScheduler(_DPMSolverSteps):
         for name, value in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("plan_sigma_data", plan_sigma_data)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
         self._setup()
 
     def _validate_steps(self, num_inference_steps: Any) -> int | None:

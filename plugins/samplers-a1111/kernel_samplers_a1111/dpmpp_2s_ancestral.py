@@ -48,8 +48,6 @@ class DPMPP2SAncestralScheduler(PlannedSigmaScheduler):
         eta: float = 1.0,
         s_noise: float = 1.0,
     ) -> None:
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
         self._setup()
 
     def _plan(self, n: int):

@@ -45,6 +45,9 @@ class PlannedSigmaScheduler(SigmaScheduler):
     _compatibles = KARRAS_COMPATIBLES
 
     def _setup(self) -> None:
+        eta = getattr(self.config, "eta", 0.0)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
         self._setup_sigma_tables(PREDICTION_TYPES)
         self.num_inference_steps = None
         self.is_scale_input_called = False
