@@ -32,6 +32,12 @@ class StableDiffusionBase(Pipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.prompt_options = PromptOptions()
 
+    def _default_size(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels from the UNet's ``sample_size`` (an int or a pair)."""
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else size
+        return h * self.vae_scale_factor, w * self.vae_scale_factor
+
     @staticmethod
     def _normalise_scheduler_config(scheduler) -> None:
         """Old SD scheduler configs carry ``steps_offset=0`` / ``clip_sample=True``, which the SD

@@ -104,11 +104,6 @@ class _StableDiffusionCommon(StableDiffusionBase):
             return image, None
         return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=None)
 
-    def _default_size(self) -> tuple[int, int]:
-        size = self.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else size
-        return h * self.vae_scale_factor, w * self.vae_scale_factor
-
 
 class StableDiffusionPipeline(_StableDiffusionCommon):
     """Text-to-image with Stable Diffusion 1.x / 2.x."""

@@ -467,9 +467,8 @@ class StableDiffusionXLInpaintPipeline(_XLImageBase):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006
     ):
-        size = self.unet.config.sample_size
-        height = height or (size if isinstance(size, int) else size[0]) * self.vae_scale_factor
-        width = width or (size if isinstance(size, int) else size[1]) * self.vae_scale_factor
+        default_height, default_width = self._default_size()
+        height, width = height or default_height, width or default_width
         check_strength(strength)
         check_size(height, width, self.vae_scale_factor)
         check_denoising_window(denoising_start, denoising_end)
