@@ -146,3 +146,21 @@ def run_meta_loop(scheduler: Any, shape: tuple[int, ...], num_inference_steps: i
         x = scheduler.step(torch.tanh(scheduler.scale_model_input(x, t)), t, x).prev_sample
     assert x.device.type == "meta" and x.shape == shape and scheduler.step_index == len(scheduler.timesteps)
     return x
+
+
+def random_image(width: int = 32, height: int = 32, seed: int = 0):
+    """A seeded RGB PIL picture of uniform noise (input for image-to-image and inpainting tests)."""
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+def box_mask(width: int = 32, height: int = 32, box: tuple[int, int, int, int] = (8, 8, 24, 20)):
+    """An ``"L"`` PIL mask, white (repaint) inside ``box`` = (left, top, right, bottom), black elsewhere."""
+    import PIL.Image
+
+    mask = PIL.Image.new("L", (width, height), 0)
+    mask.paste(255, box)
+    return mask

@@ -12,6 +12,7 @@ import torch
 
 import diffusers
 from kernel.registry import get_registry
+from kernel.testing import box_mask, random_image
 from kernel_clip.testing import tiny_clip_text_model, tiny_clip_tokenizer
 
 SD_UNET = dict(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
@@ -106,15 +107,8 @@ def xl_components(sched="EulerDiscreteScheduler", refiner=False, seed=0, unet_ov
     return dict(unet=du, vae=dv, scheduler=ds, **common), dict(unet=ku, vae=kv, scheduler=ks, **common)
 
 
-def image(w=32, h=32, seed=0):
-    rng = np.random.default_rng(seed)
-    return PIL.Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
-
-
-def mask(w=32, h=32, box=(8, 8, 24, 20)):
-    m = PIL.Image.new("L", (w, h), 0)
-    m.paste(255, box)
-    return m
+image = random_image
+mask = box_mask
 
 
 def gen(seed=0, n=None):

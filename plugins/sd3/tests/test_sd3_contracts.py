@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 
 import kernel
+from kernel.testing import box_mask, random_image
 from kernel_clip.testing import tiny_clip_text_model, tiny_clip_tokenizer
 from kernel_contracts import DenoiserContract, PipelineContract
 from kernel_t5.testing import tiny_t5_encoder, tiny_t5_tokenizer
@@ -89,17 +88,6 @@ def sd3_inpaint():
     return kernel.component("StableDiffusion3InpaintPipeline")(**_parts())
 
 
-def _image(seed: int) -> PIL.Image.Image:
-    rng = np.random.default_rng(seed)
-    return PIL.Image.fromarray(rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8))
-
-
-def _mask() -> PIL.Image.Image:
-    mask = PIL.Image.new("L", (SIZE, SIZE), 0)
-    mask.paste(255, (8, 8, 24, 20))
-    return mask
-
-
 def text_inputs(pipe, batch_size, generator):
     prompts = ("a photo of a cat", "the dog", "a red house")
     return dict(prompt=[prompts[i % 3] for i in range(batch_size)], height=SIZE, width=SIZE, num_inference_steps=2,
@@ -108,12 +96,12 @@ def text_inputs(pipe, batch_size, generator):
 
 def image_inputs(pipe, batch_size, generator):
     # strength 0.6 of 2 steps runs one step
-    images = [_image(i) for i in range(batch_size)]
+    images = [random_image(SIZE, SIZE, seed=i) for i in range(batch_size)]
     return {**text_inputs(pipe, batch_size, generator), "image": images, "strength": 0.6}
 
 
 def inpaint_inputs(pipe, batch_size, generator):
-    return {**image_inputs(pipe, batch_size, generator), "mask_image": [_mask()] * batch_size}
+    return {**image_inputs(pipe, batch_size, generator), "mask_image": [box_mask(SIZE, SIZE)] * batch_size}
 
 
 class TestStableDiffusion3PipelineContracts(PipelineContract):
