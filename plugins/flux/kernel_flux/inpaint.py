@@ -21,12 +21,10 @@ from kernel.image_processor import VaeImageProcessor
 from kernel.scheduling import randn_tensor
 from kernel_dit_common import (
     check_generators,
-    check_steps_left,
     check_strength,
     effective_batch,
     repeat_to_batch,
     sample_latents,
-    strength_timesteps,
     to_model_latents,
 )
 
@@ -147,10 +145,7 @@ class FluxInpaintPipeline(FluxPipeline):
                                       pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
                                       num_images_per_prompt, max_sequence_length, true_cfg_scale)
         device, dtype = self._execution_device, pos[0].dtype
-        seq_len = (int(height) // self.vae_scale_factor // 2) * (int(width) // self.vae_scale_factor // 2)
-        timesteps, steps = self._schedule(num_inference_steps, sigmas, seq_len)
-        timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
-        check_steps_left(steps, strength)
+        timesteps, steps = self._strength_schedule(num_inference_steps, sigmas, strength, height, width)
 
         rows, cols = self._latent_grid(height, width)
         channels = self.transformer.config.in_channels // 4

@@ -198,6 +198,14 @@ class FluxPipeline(TransformerPipeline):
     def _latent_grid(self, height, width):
         return 2 * (int(height) // (self.vae_scale_factor * 2)), 2 * (int(width) // (self.vae_scale_factor * 2))
 
+    def _strength_schedule(self, num_inference_steps, sigmas, strength, height, width):
+        """Image-to-image schedule: shifted for the packed sequence length, then trimmed by ``strength``."""
+        rows, cols = self._latent_grid(height, width)
+        timesteps, steps = self._schedule(num_inference_steps, sigmas, (rows // 2) * (cols // 2))
+        timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
+        check_steps_left(steps, strength)
+        return timesteps, steps
+
     @torch.no_grad()
     def __call__(self, prompt=None, prompt_2=None, negative_prompt=None, negative_prompt_2=None,
                  true_cfg_scale: float = 1.0, height: int | None = None, width: int | None = None,
@@ -274,10 +282,7 @@ class FluxImg2ImgPipeline(FluxPipeline):
                                       pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
                                       num_images_per_prompt, max_sequence_length, true_cfg_scale)
         device, dtype = self._execution_device, pos[0].dtype
-        seq_len = (int(height) // self.vae_scale_factor // 2) * (int(width) // self.vae_scale_factor // 2)
-        timesteps, steps = self._schedule(num_inference_steps, sigmas, seq_len)
-        timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
-        check_steps_left(steps, strength)
+        timesteps, steps = self._strength_schedule(num_inference_steps, sigmas, strength, height, width)
         rows, cols = self._latent_grid(height, width)
         channels = self.transformer.config.in_channels // 4
         img_ids = latent_image_ids(rows // 2, cols // 2, device, dtype)
