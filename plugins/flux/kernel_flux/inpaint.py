@@ -145,9 +145,8 @@ class FluxInpaintPipeline(FluxPipeline):
                                       pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
                                       num_images_per_prompt, max_sequence_length, true_cfg_scale)
         device, dtype = self._execution_device, pos[0].dtype
-        timesteps, steps = self._strength_schedule(num_inference_steps, sigmas, strength, height, width)
-
         rows, cols = self._latent_grid(height, width)
+        timesteps, steps = self._schedule(num_inference_steps, sigmas, (rows // 2) * (cols // 2), strength)
         channels = self.transformer.config.in_channels // 4
         img_ids = latent_image_ids(rows // 2, cols // 2, device, dtype)
         # Encoded before the noise is drawn, so a shared generator gives Diffusers' noise.

@@ -152,7 +152,8 @@ class FluxPipeline(TransformerPipeline):
                                      negative_prompt_embeds, negative_pooled_prompt_embeds, max_sequence_length)
         return pos, neg
 
-    def _schedule(self, num_inference_steps, sigmas, seq_len):
+    def _schedule(self, num_inference_steps, sigmas, seq_len, strength=None):
+        """``(timesteps, steps)`` shifted for ``seq_len`` packed tokens; trimmed by ``strength`` when given (img2img)."""
         if sigmas is None:
             sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
         if getattr(self.scheduler.config, "use_flow_sigmas", False):
@@ -160,7 +161,12 @@ class FluxPipeline(TransformerPipeline):
         cfg = self.scheduler.config
         mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                              cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        return retrieve_timesteps(self.scheduler, num_inference_steps, self._execution_device, sigmas=sigmas, mu=mu)
+        timesteps, steps = retrieve_timesteps(self.scheduler, num_inference_steps, self._execution_device,
+                                              sigmas=sigmas, mu=mu)
+        if strength is not None:
+            timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
+            check_steps_left(steps, strength)
+        return timesteps, steps
 
     def _predictor(self, state, pos, neg, img_ids, guidance, true_cfg_scale):
         _, pooled, text_ids = pos
@@ -197,14 +203,6 @@ class FluxPipeline(TransformerPipeline):
 
     def _latent_grid(self, height, width):
         return 2 * (int(height) // (self.vae_scale_factor * 2)), 2 * (int(width) // (self.vae_scale_factor * 2))
-
-    def _strength_schedule(self, num_inference_steps, sigmas, strength, height, width):
-        """Image-to-image schedule: shifted for the packed sequence length, then trimmed by ``strength``."""
-        rows, cols = self._latent_grid(height, width)
-        timesteps, steps = self._schedule(num_inference_steps, sigmas, (rows // 2) * (cols // 2))
-        timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
-        check_steps_left(steps, strength)
-        return timesteps, steps
 
     @torch.no_grad()
     def __call__(self, prompt=None, prompt_2=None, negative_prompt=None, negative_prompt_2=None,
@@ -282,8 +280,8 @@ class FluxImg2ImgPipeline(FluxPipeline):
                                       pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
                                       num_images_per_prompt, max_sequence_length, true_cfg_scale)
         device, dtype = self._execution_device, pos[0].dtype
-        timesteps, steps = self._strength_schedule(num_inference_steps, sigmas, strength, height, width)
         rows, cols = self._latent_grid(height, width)
+        timesteps, steps = self._schedule(num_inference_steps, sigmas, (rows // 2) * (cols // 2), strength)
         channels = self.transformer.config.in_channels // 4
         img_ids = latent_image_ids(rows // 2, cols // 2, device, dtype)
         if latents is None:

@@ -104,7 +104,8 @@ class _SD3Base(TransformerPipeline):
             return torch.cat([neg, pos]), torch.cat([neg_pooled, pooled])
         return pos, pooled
 
-    def _schedule(self, num_inference_steps, sigmas, mu, height, width):
+    def _schedule(self, num_inference_steps, sigmas, mu, height, width, strength=None):
+        """``(timesteps, steps)``, shifted for the image size; trimmed by ``strength`` when given (img2img)."""
         kwargs = {}
         if mu is None and self.scheduler.config.get("use_dynamic_shifting", None):
             patch = self.transformer.config.patch_size
@@ -114,7 +115,12 @@ class _SD3Base(TransformerPipeline):
                                  cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.16))
         if mu is not None:
             kwargs["mu"] = mu
-        return retrieve_timesteps(self.scheduler, num_inference_steps, self._execution_device, sigmas=sigmas, **kwargs)
+        timesteps, steps = retrieve_timesteps(self.scheduler, num_inference_steps, self._execution_device,
+                                              sigmas=sigmas, **kwargs)
+        if strength is not None:
+            timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
+            check_steps_left(steps, strength)
+        return timesteps, steps
 
     def _predictor(self, state: dict, extra_channels=None):
         def predict(latents, t):
@@ -259,9 +265,7 @@ class StableDiffusion3Img2ImgPipeline(_SD3Base):
                                             pooled_prompt_embeds, negative_pooled_prompt_embeds,
                                             num_images_per_prompt, clip_skip, max_sequence_length)
         pixels = self.image_processor.preprocess(image, height=height, width=width)
-        timesteps, steps = self._schedule(num_inference_steps, sigmas, mu, height, width)
-        timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
-        check_steps_left(steps, strength)
+        timesteps, steps = self._schedule(num_inference_steps, sigmas, mu, height, width, strength)
         if latents is None:
             start = self._image_latents(pixels, batch, embeds.dtype, generator)
             noise = randn_tensor(start.shape, generator=generator, device=start.device, dtype=embeds.dtype)
@@ -316,9 +320,7 @@ class StableDiffusion3InpaintPipeline(StableDiffusion3Img2ImgPipeline):
                                             pooled_prompt_embeds, negative_pooled_prompt_embeds,
                                             num_images_per_prompt, clip_skip, max_sequence_length)
         dtype = embeds.dtype
-        timesteps, steps = self._schedule(num_inference_steps, sigmas, mu, height, width)
-        timesteps, steps = strength_timesteps(self.scheduler, steps, strength)
-        check_steps_left(steps, strength)
+        timesteps, steps = self._schedule(num_inference_steps, sigmas, mu, height, width, strength)
         crops, resize_mode = None, "default"
         if padding_mask_crop is not None:
             crops = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
