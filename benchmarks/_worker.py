@@ -74,28 +74,36 @@ def case_load(lib: str, args: dict) -> dict:
     return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
-def case_step(lib: str, args: dict) -> dict:
-    import torch
-
+def load_unet(lib: str, folder: str):
     if lib == "ours":
         import kernel
 
-        unet = kernel.component("UNet2DConditionModel").from_pretrained(args["folder"], subfolder="unet")
+        cls = kernel.component("UNet2DConditionModel")
     else:
-        from diffusers import UNet2DConditionModel
+        from diffusers import UNet2DConditionModel as cls
+    return cls.from_pretrained(folder, subfolder="unet").eval()
 
-        unet = UNet2DConditionModel.from_pretrained(args["folder"], subfolder="unet")
-    unet.eval()
+
+def step_inputs(unet, args: dict):
+    import torch
+
     g = torch.Generator().manual_seed(0)
     size = args.get("latent", 64)
-    sample = torch.randn(2, 4, size, size, generator=g)
-    context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    return (torch.randn(2, 4, size, size, generator=g), 500,
+            torch.randn(2, 77, unet.config.cross_attention_dim, generator=g))
+
+
+def case_step(lib: str, args: dict) -> dict:
+    import torch
+
+    unet = load_unet(lib, args["folder"])
+    inputs = step_inputs(unet, args)
     times = []
     with torch.inference_mode():
-        unet(sample, 500, context)  # warm-up
+        unet(*inputs)  # warm-up
         for _ in range(args.get("repeats", 3)):
             t0 = time.perf_counter()
-            unet(sample, 500, context)
+            unet(*inputs)
             times.append(time.perf_counter() - t0)
     times.sort()
     return {"seconds": times[len(times) // 2], "peak_rss_mb": peak_rss_mb()}
@@ -104,30 +112,20 @@ def case_step(lib: str, args: dict) -> dict:
 def case_step_ab(lib: str, args: dict) -> dict:
     """Both UNets in one process, forwards alternating: the machine's slow and fast spells hit both
     libraries alike, unlike separate processes (``lib`` is ignored)."""
-    import statistics
-
     import torch
 
-    import kernel
-    from diffusers import UNet2DConditionModel
-
-    models = {"ours": kernel.component("UNet2DConditionModel").from_pretrained(args["folder"], subfolder="unet"),
-              "diffusers": UNet2DConditionModel.from_pretrained(args["folder"], subfolder="unet")}
-    g = torch.Generator().manual_seed(0)
-    size = args.get("latent", 64)
-    sample = torch.randn(2, 4, size, size, generator=g)
-    context = torch.randn(2, 77, models["ours"].config.cross_attention_dim, generator=g)
+    models = {name: load_unet(name, args["folder"]) for name in ("ours", "diffusers")}
+    inputs = step_inputs(models["ours"], args)
     times = {name: [] for name in models}
     with torch.inference_mode():
         for model in models.values():
-            model.eval()(sample, 500, context)  # warm-up
+            model(*inputs)  # warm-up
         for i in range(args.get("rounds", 3)):
             for name in (list(models) if i % 2 == 0 else list(models)[::-1]):
                 t0 = time.perf_counter()
-                models[name](sample, 500, context)
+                models[name](*inputs)
                 times[name].append(time.perf_counter() - t0)
-    return {"ours": times["ours"], "diffusers": times["diffusers"],
-            "ratio": statistics.median(times["ours"]) / statistics.median(times["diffusers"])}
+    return times
 
 
 def case_pipeline(lib: str, args: dict) -> dict:
