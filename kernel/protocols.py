@@ -106,16 +106,24 @@ class Autoencoder(Configurable, Protocol):
 
     Invariants:
 
-    * ``encode`` of ``(B, in_channels, *S)`` gives ``(B, latent_channels, *S / scale)`` where
-      ``scale = 2 ** (len(block_out_channels) - 1)``; ``decode`` inverts the shape;
-    * ``config.scaling_factor`` (and ``shift_factor`` where used) exist in the config;
+    * ``encode`` of ``(B, in_channels, *S)`` gives ``(B, latent_channels, *S / spatial_compression_ratio)``;
+      ``decode`` inverts the shape;
+    * ``normalize_latents(z)`` maps encoder latents into the space the denoiser was trained on and
+      ``denormalize_latents`` inverts it (round trip within float tolerance); pipelines call these
+      two and never read ``scaling_factor``/``shift_factor``/``latents_mean`` themselves;
     * ``enable_slicing()`` gives identical results; ``enable_tiling()`` matches within the
       tolerance the plugin states.
     """
 
+    spatial_compression_ratio: int
+
     def encode(self, x: Any, return_dict: bool = True) -> Any: ...
 
     def decode(self, z: Any, return_dict: bool = True, **kwargs: Any) -> Any: ...
+
+    def normalize_latents(self, latents: Any) -> Any: ...
+
+    def denormalize_latents(self, latents: Any) -> Any: ...
 
 
 @runtime_checkable
@@ -185,6 +193,33 @@ class Pipeline(Protocol):
     def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any: ...
 
 
+@runtime_checkable
+class Guider(Configurable, Protocol):
+    """Decides which denoiser evaluations a step needs and how to combine them (CFG, PAG, APG, ...).
+
+    ``passes(step)`` returns the evaluations for one step (:class:`kernel.guidance.GuidancePass`:
+    a name, which prompt conditioning it takes, ``"positive"`` or ``"negative"``, and options for
+    the denoiser call); ``combine(predictions, step)`` takes ``{pass name: prediction}`` for exactly
+    those passes and returns the guided prediction.  ``uses_negative`` says whether any step will
+    ask for the negative conditioning (so the pipeline encodes a negative prompt only then).
+
+    Invariants:
+
+    * every prediction handed to ``combine`` has the shape of the latents, and so does the result;
+      batch order is preserved (item ``i`` of the result depends only on item ``i`` of each pass);
+    * at the neutral scale (1 for CFG-style guiders, 0 for the extra terms of PAG / skip-layer
+      guidance) the result equals the positive prediction;
+    * ``combine`` is given, and uses, exactly the passes ``passes`` declared for that step;
+    * deterministic; ``from_config(config)`` rebuilds an equal guider.
+    """
+
+    uses_negative: bool
+
+    def passes(self, step: Any) -> Any: ...
+
+    def combine(self, predictions: Any, step: Any) -> Any: ...
+
+
 PROTOCOLS = {
     "scheduler": Scheduler,
     "denoiser": Denoiser,
@@ -193,6 +228,7 @@ PROTOCOLS = {
     "adapter": Adapter,
     "quantizer": Quantizer,
     "pipeline": Pipeline,
+    "guider": Guider,
 }
 
 
@@ -203,7 +239,7 @@ _CLASS_LEVEL_DATA = {"components", "order"}
 
 def kind_of(component: Any) -> str | None:
     """Which protocol a class or instance fits (most specific first), or ``None``."""
-    for name in ("scheduler", "pipeline", "autoencoder", "denoiser", "adapter", "quantizer", "conditioner"):
+    for name in ("scheduler", "guider", "pipeline", "autoencoder", "denoiser", "adapter", "quantizer", "conditioner"):
         proto = PROTOCOLS[name]
         members = [m for m in _members(proto)]
         if isinstance(component, type):

@@ -24,6 +24,7 @@ from kernel.nn.normalization import SpatialNorm
 from kernel.outputs import BaseOutput
 from kernel.scheduling import randn_tensor
 
+from kernel_autoencoders.latents import LatentSpaceMixin
 from kernel_autoencoders.tiling import TilingMixin
 
 
@@ -166,7 +167,7 @@ class Decoder(nn.Module):
         return self.conv_out(self.conv_act(sample))
 
 
-class AutoencoderKL(TilingMixin, ModelMixin, AttentionMixin):
+class AutoencoderKL(LatentSpaceMixin, TilingMixin, ModelMixin, AttentionMixin):
     """KL autoencoder with Diffusers' config keys (see the module docstring)."""
 
     _supports_gradient_checkpointing = True
@@ -207,6 +208,7 @@ class AutoencoderKL(TilingMixin, ModelMixin, AttentionMixin):
                                mid_block_add_attention=mid_block_add_attention)
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        self.spatial_compression_ratio = 2 ** (len(block_out_channels) - 1)
         self.use_slicing = False
         self.use_tiling = False
         self.tile_sample_min_size = sample_size

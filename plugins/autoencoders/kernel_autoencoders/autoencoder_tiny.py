@@ -18,6 +18,7 @@ from kernel.nn.activations import get_activation
 from kernel.outputs import BaseOutput
 
 from kernel_autoencoders.autoencoder_kl import DecoderOutput
+from kernel_autoencoders.latents import LatentSpaceMixin
 from kernel_autoencoders.tiling import TilingMixin
 
 
@@ -98,7 +99,7 @@ class DecoderTiny(nn.Module):
         return _checkpointed(self, self.layers, x).mul(2).sub(1)
 
 
-class AutoencoderTiny(TilingMixin, ModelMixin):
+class AutoencoderTiny(LatentSpaceMixin, TilingMixin, ModelMixin):
     """TAESD with Diffusers' config keys (see the module docstring)."""
 
     _supports_gradient_checkpointing = True
@@ -135,11 +136,11 @@ class AutoencoderTiny(TilingMixin, ModelMixin):
         self.scaling_factor = scaling_factor
         self.use_slicing = False
         self.use_tiling = False
-        self.spatial_scale_factor = 2 ** (len(num_encoder_blocks) - 1)
+        self.spatial_compression_ratio = 2 ** (len(num_encoder_blocks) - 1)
         self.tile_overlap_factor = 0.125
         self.tile_sample_min_size = 512
-        self.tile_latent_min_size = self.tile_sample_min_size // self.spatial_scale_factor
-        # Diffusers records these two keys as well; pipelines read block_out_channels for the VAE scale factor.
+        self.tile_latent_min_size = self.tile_sample_min_size // self.spatial_compression_ratio
+        # Diffusers writes these two keys into config.json as well; kept so saved folders match.
         self.register_to_config(block_out_channels=decoder_block_out_channels)
         self.register_to_config(force_upcast=False)
 
@@ -174,13 +175,13 @@ class AutoencoderTiny(TilingMixin, ModelMixin):
     def _encode_one(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_tiling:
             return self._masked_tiles(x, self.encoder, self.tile_sample_min_size, self.config.latent_channels,
-                                      1 / self.spatial_scale_factor)
+                                      1 / self.spatial_compression_ratio)
         return self.encoder(x)
 
     def _decode_one(self, z: torch.Tensor) -> torch.Tensor:
         if self.use_tiling:
             return self._masked_tiles(z, self.decoder, self.tile_latent_min_size, self.config.out_channels,
-                                      self.spatial_scale_factor)
+                                      self.spatial_compression_ratio)
         return self.decoder(z)
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
