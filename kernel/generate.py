@@ -221,9 +221,7 @@ def _load_pipeline(model_name: str, source: str, dtype, device):
 
 def _vae_factor(pipe) -> int:
     factor = getattr(pipe, "vae_scale_factor", None)
-    if factor:
-        return int(factor)
-    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return int(factor) if factor else int(pipe.vae.spatial_compression_ratio)
 
 
 def _native_size(pipe) -> tuple[int, int]:
@@ -268,6 +266,8 @@ def run_generate(args: argparse.Namespace) -> int:
     batch = 1 if args.batch is None else args.batch
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
+    if not math.isfinite(guidance):
+        raise ValueError(f"--guidance must be a finite number, got {guidance}")
     if not 1 <= batch <= 64:
         raise ValueError(f"--batch must be in 1..64, got {batch}")
     seed = random.randrange(2**32) if args.seed is None or args.seed < 0 else args.seed

@@ -16,9 +16,9 @@ class CheckpointMismatchError(ValueError):
 
 
 def _pipeline_base():
-    from kernel.pipeline import Pipeline
+    from kernel.pipeline import DiffusionPipeline
 
-    return Pipeline
+    return DiffusionPipeline
 
 
 def _component_params(cls: type) -> set[str]:
@@ -26,8 +26,24 @@ def _component_params(cls: type) -> set[str]:
 
 
 def check_fits(family: str, family_cls: type, index: dict) -> None:
-    """Raise :class:`CheckpointMismatchError` when ``index`` cannot be loaded as ``family``."""
+    """Raise :class:`CheckpointMismatchError` when ``index`` cannot be loaded as ``family``.
+
+    When the folder's pipeline class is installed, both classes' ``pipeline_family`` must agree (an
+    SD 1.5 folder is not an SDXL one, whatever components it has); otherwise the family's required
+    components must be present.
+    """
     source_class = index.get("_class_name", "?")
+    registry = get_registry()
+    if isinstance(source_class, str) and registry.has(source_class):
+        try:
+            source_cls = registry.resolve(source_class)
+        except Exception:  # noqa: BLE001 - a broken plugin: fall back to the component check
+            source_cls = None
+        theirs, ours = getattr(source_cls, "pipeline_family", None), getattr(family_cls, "pipeline_family", None)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise CheckpointMismatchError(
+                f"the folder holds a {source_class} ({theirs} family), which {family!r} ({family_cls.__name__}, "
+                f"{ours} family) cannot run; load it with kernel.load(folder) to get its own pipeline")
     components = {k for k, v in index.items() if isinstance(v, (list, tuple)) and not k.startswith("_")}
     required = {
         n
@@ -41,7 +57,7 @@ def check_fits(family: str, family_cls: type, index: dict) -> None:
             f"the checkpoint is a {source_class}, which does not fit family {family!r} "
             f"({family_cls.__name__}): it lacks {', '.join(missing)}"
         )
-    reasons = [r for r in get_registry().hook.kernel_check_fits(family=family, model_index=index) if r]
+    reasons = [r for r in registry.hook.kernel_check_fits(family=family, model_index=index) if r]
     if reasons:
         raise CheckpointMismatchError(f"the checkpoint does not fit family {family!r}: {'; '.join(reasons)}")
 

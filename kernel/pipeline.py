@@ -23,7 +23,9 @@ from typing import Any
 import torch
 
 from kernel.config import ConfigMixin, read_json
+from kernel.engine import Engine
 from kernel.hub import is_local, resolve_file, resolve_folder, split_hub_kwargs
+from kernel.tasks import TaskMixin
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +79,17 @@ def _is_scheduler_class(cls: Any) -> bool:
     return isinstance(cls, type) and hasattr(cls, "set_timesteps") and hasattr(cls, "step")
 
 
-class Pipeline(ConfigMixin):
-    """Base of every pipeline.
+class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
+    """Base of every pipeline: components, loading and saving, devices, offload, and (through
+    :class:`kernel.engine.Engine` and :class:`kernel.tasks.TaskMixin`) the one denoising loop and the
+    shared tasks.
 
     Subclasses call ``self.register_modules(unet=unet, ...)`` in ``__init__`` and may set
     ``_optional_components``, ``model_cpu_offload_seq`` (``"text_encoder->unet->vae"``),
     ``_callback_tensor_inputs`` and ``_exclude_from_cpu_offload``.
     """
 
+    component_kind = "pipeline"
     config_name = "model_index.json"
     _optional_components: list[str] = []
     model_cpu_offload_seq: str | None = None
@@ -93,14 +98,17 @@ class Pipeline(ConfigMixin):
 
     # ---------------------------------------------------------------- registration
     def register_modules(self, **modules: Any) -> None:
+        names = self.__dict__.setdefault("_component_keys", [])
         for name, module in modules.items():
+            if name not in names:
+                names.append(name)
             entry = [None, None] if module is None else [_library_of(module), type(module).__name__]
             self.register_to_config(**{name: entry})
             object.__setattr__(self, name, module)
 
     def __setattr__(self, name: str, value: Any) -> None:
         internal = self.__dict__.get("_internal_dict")
-        if internal is not None and isinstance(internal.get(name), (list, tuple)) and name in self._component_names():
+        if internal is not None and name in self.__dict__.get("_component_keys", ()):
             entry = [None, None] if value is None else [_library_of(value), type(value).__name__]
             self.register_to_config(**{name: entry})
         object.__setattr__(self, name, value)
@@ -112,7 +120,8 @@ class Pipeline(ConfigMixin):
         return {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
     def _component_names(self) -> list[str]:
-        return [k for k, v in self.config.items() if isinstance(v, (list, tuple)) and not k.startswith("_")]
+        """The names given to ``register_modules`` (config values such as a list of layer names are not)."""
+        return list(self.__dict__.get("_component_keys", ()))
 
     @property
     def components(self) -> dict[str, Any]:
@@ -121,8 +130,8 @@ class Pipeline(ConfigMixin):
 
     def _config_values(self) -> dict[str, Any]:
         params = self._init_parameters()
-        return {k: v for k, v in self.config.items()
-                if not k.startswith("_") and not isinstance(v, (list, tuple)) and k in params}
+        components = set(self._component_names())
+        return {k: v for k, v in self.config.items() if not k.startswith("_") and k not in components and k in params}
 
     # ---------------------------------------------------------------- devices
     def _modules(self) -> dict[str, torch.nn.Module]:
@@ -149,7 +158,7 @@ class Pipeline(ConfigMixin):
             return torch.device(target)
         return self.device
 
-    def to(self, *args: Any, **kwargs: Any) -> "Pipeline":
+    def to(self, *args: Any, **kwargs: Any) -> "DiffusionPipeline":
         """``to(device)``, ``to(dtype)``, ``to(device, dtype)`` or keywords, on every module component."""
         device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
         if kwargs:
@@ -182,24 +191,11 @@ class Pipeline(ConfigMixin):
             return tqdm(total=total, **config)
         raise ValueError("progress_bar needs iterable= or total=")
 
-    # ---------------------------------------------------------------- callbacks
+    # ---------------------------------------------------------------- conditioning hooks
     @property
-    def interrupt(self) -> bool:
-        return getattr(self, "_interrupt", False)
-
-    def check_callback_inputs(self, names: list[str] | None) -> None:
-        from kernel.pipeline_utils import check_callback_inputs
-
-        check_callback_inputs(names, self._callback_tensor_inputs)
-
-    def run_step_callback(self, callback: Any, step: int, timestep: Any, names: list[str] | None,
-                          local_vars: dict) -> dict:
-        """Call ``callback_on_step_end`` with the requested tensors; return what it changed."""
-        if callback is None:
-            return {}
-        kwargs = {n: local_vars[n] for n in (names or [])}
-        out = callback(self, step, timestep, kwargs)
-        return out or {}
+    def conditioning_hooks(self) -> list:
+        """Hooks that contribute to every denoiser evaluation (:class:`kernel.engine.ConditioningHook`)."""
+        return self.__dict__.setdefault("_conditioning_hooks", [])
 
     # ---------------------------------------------------------------- memory switches
     def _each_module_with(self, method: str):
@@ -362,13 +358,14 @@ class Pipeline(ConfigMixin):
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def from_pipe(cls, pipeline: "Pipeline", **overrides: Any) -> "Pipeline":
+    def from_pipe(cls, pipeline: "DiffusionPipeline", **overrides: Any) -> "DiffusionPipeline":
         """Build ``cls`` from another pipeline's components (shared, not copied) plus overrides."""
-        if not isinstance(pipeline, Pipeline):
-            raise TypeError(f"from_pipe takes a Pipeline, got {type(pipeline).__name__}")
+        if not isinstance(pipeline, DiffusionPipeline):
+            raise TypeError(f"from_pipe takes a DiffusionPipeline, got {type(pipeline).__name__}")
         params = cls._init_parameters()
-        available = {**pipeline.components, **{k: v for k, v in pipeline.config.items()
-                                               if not k.startswith("_") and not isinstance(v, (list, tuple))}}
+        components = pipeline.components
+        available = {**components, **{k: v for k, v in pipeline.config.items()
+                                      if not k.startswith("_") and k not in components}}
         unknown = [k for k in overrides if k not in params]
         if unknown:
             raise ValueError(f"{cls.__name__}.from_pipe got arguments it does not take: {unknown}")
@@ -393,13 +390,20 @@ class Pipeline(ConfigMixin):
         return read_json(resolve_file(source, cls.config_name, **hub_kwargs), what="model_index.json")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "Pipeline":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "DiffusionPipeline":
         """Load a pipeline folder or Hub repo; keyword arguments named like a component replace it."""
         source = pretrained_model_name_or_path
         hub = split_hub_kwargs(kwargs)
         torch_dtype = kwargs.pop("torch_dtype", None)
         variant = kwargs.pop("variant", None)
         device_map = kwargs.pop("device_map", None)
+        if device_map is not None and not isinstance(device_map, (str, torch.device)):
+            raise TypeError(f"device_map for a pipeline must be a device such as 'cuda' or 'cpu', got "
+                            f"{type(device_map).__name__}")
+        if str(device_map) in ("balanced", "auto"):
+            raise ValueError(f"device_map={device_map!r} (spreading a pipeline's components over several "
+                             "devices) is not supported yet; pass a single device such as 'cuda', or call "
+                             "enable_model_cpu_offload() to fit a smaller GPU")
         use_safetensors = kwargs.pop("use_safetensors", None)
         trust_remote_code = kwargs.pop("trust_remote_code", False)
         for ignored in ("low_cpu_mem_usage", "provider", "sess_options"):
@@ -409,7 +413,7 @@ class Pipeline(ConfigMixin):
         pipeline_cls = cls._pipeline_class_for(index)
         params = pipeline_cls._init_parameters()
         entries = {k: v for k, v in index.items() if not k.startswith("_")}
-        component_names = [k for k, v in entries.items() if isinstance(v, (list, tuple))]
+        component_names = [k for k, v in entries.items() if _is_component_entry(v, params.get(k))]
 
         unknown = [k for k in kwargs if k not in params]
         if unknown:
@@ -440,7 +444,7 @@ class Pipeline(ConfigMixin):
                                            device_map)
         # Config values from the index, then user values.
         for key, value in entries.items():
-            if key in params and key not in loaded and not isinstance(value, (list, tuple)):
+            if key in params and key not in loaded and key not in component_names:
                 loaded[key] = value
         loaded.update(kwargs)
         for name, p in params.items():
@@ -451,7 +455,7 @@ class Pipeline(ConfigMixin):
                     raise ValueError(f"{pipeline_cls.__name__} needs component {name!r}, which "
                                      f"{source} does not provide (model_index.json has {component_names})")
         pipe = pipeline_cls(**loaded)
-        if isinstance(device_map, (str, torch.device)) and device_map not in ("balanced", "auto"):
+        if device_map is not None:
             pipe.to(device_map)
         return pipe
 
@@ -459,7 +463,7 @@ class Pipeline(ConfigMixin):
     def _pipeline_class_for(cls, index: dict) -> type:
         """The class to build: ``cls`` itself, or the index's class when ``cls`` is generic."""
         name = index.get("_class_name")
-        if cls is not Pipeline and not getattr(cls, "_is_auto", False):
+        if cls is not DiffusionPipeline and not getattr(cls, "_is_auto", False):
             return cls
         if not isinstance(name, str):
             raise ValueError("model_index.json has no '_class_name' naming the pipeline class")
@@ -469,6 +473,17 @@ class Pipeline(ConfigMixin):
         if getattr(cls, "_is_auto", False):
             return cls._select(resolved)
         return resolved
+
+
+def _is_component_entry(value: Any, param: inspect.Parameter | None) -> bool:
+    """Whether a model_index.json entry names a component (``[library, class]``) rather than a config
+    value that happens to be a list (``"pag_applied_layers": ["mid", "up"]``): components are the
+    constructor parameters without a default or defaulting to None."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return False
+    if not all(v is None or isinstance(v, str) for v in value):
+        return False
+    return param is None or param.default is inspect.Parameter.empty or param.default is None
 
 
 def _offload_target(gpu_id: int | None, device: torch.device | str) -> torch.device:
@@ -524,7 +539,7 @@ def _load_component(component_cls, folder: Path, name: str, library: str | None,
             kwargs["variant"] = variant
         if use_safetensors is not None:
             kwargs["use_safetensors"] = use_safetensors
-        if isinstance(device_map, (str, torch.device)) and str(device_map) not in ("balanced", "auto"):
+        if device_map is not None:
             kwargs["device_map"] = device_map
     if library == TRANSFORMERS:
         if is_module and variant is not None and not any(sub.glob(f"*.{variant}.*")):

@@ -2,7 +2,7 @@
 
 Schedules (custom timesteps/sigmas, image-to-image strength, refiner cut-offs), classifier-free
 guidance extras, VAE latents, and the argument checks that raise ``ValueError`` naming the argument.
-Family plugins (``kernel_sd``, ``kernel_dit_common``) import and re-export these; family-specific
+Family plugins import these; family-specific
 pieces (prompt encoders, pooled-embedding rules of one model, the denoising loop) stay there.
 """
 
@@ -20,12 +20,14 @@ __all__ = [
     "check_callback_inputs",
     "check_denoising_window",
     "check_generators",
+    "check_inpaint_inputs",
     "check_output_type",
     "check_pooled",
     "check_prompts",
     "check_size",
     "check_steps_left",
     "check_strength",
+    "check_unsupported",
     "cutoff_timestep",
     "effective_batch",
     "encode_latents",
@@ -34,6 +36,7 @@ __all__ = [
     "latents_of",
     "repeat_to_batch",
     "rescale_noise_cfg",
+    "spatial_size",
     "retrieve_timesteps",
     "step_kwargs",
     "strength_timesteps",
@@ -318,3 +321,55 @@ def check_output_type(output_type: Any, accepted: Sequence[str] = OUTPUT_TYPES) 
     """``output_type`` is one of ``accepted``."""
     if output_type not in accepted:
         raise ValueError(f"output_type={output_type!r} is not supported; use one of {list(accepted)}")
+
+
+def check_unsupported(owner: str, **arguments: Any) -> None:
+    """Arguments Diffusers takes that ``owner`` does not implement yet: refuse them when given,
+    rather than accept and silently drop them."""
+    given = [k for k, v in arguments.items() if v is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not supported yet by {owner}; "
+                         "leave it unset")
+
+
+def spatial_size(x: Any) -> tuple[int, int] | None:
+    """``(H, W)`` of an image or mask input (PIL, ``[B,] [C,] H, W`` tensor, ``[B,] H, W [, C]`` array, or a
+    list of them), or None when it cannot tell."""
+    import numpy as np
+    import PIL.Image
+
+    if isinstance(x, (list, tuple)):
+        return spatial_size(x[0]) if len(x) else None
+    if isinstance(x, PIL.Image.Image):
+        return x.height, x.width
+    if isinstance(x, torch.Tensor) and x.ndim >= 2:
+        return tuple(x.shape[-2:])
+    if isinstance(x, np.ndarray) and x.ndim >= 2:
+        # Arrays keep channels last; a trailing 1/3/4 axis on a >= 3-d array is channels.
+        return tuple(x.shape[-3:-1]) if x.ndim >= 3 and x.shape[-1] in (1, 3, 4) else tuple(x.shape[-2:])
+    return None
+
+
+def check_inpaint_inputs(image: Any, mask_image: Any, padding_mask_crop: Any, output_type: Any,
+                         latent_channels: int | None = None) -> None:
+    """Both inputs given, of the same size (unless ``image`` is already latents), and ``padding_mask_crop``
+    (a non-negative int) only with single PIL inputs and PIL output."""
+    import PIL.Image
+
+    if image is None or mask_image is None:
+        raise ValueError("inpainting needs both image and mask_image (PIL images, arrays, tensors or lists)")
+    is_latents = isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[1] == latent_channels
+    a, b = spatial_size(image), spatial_size(mask_image)
+    if not is_latents and a is not None and b is not None and a != b:
+        raise ValueError(f"mask_image is {b[0]}x{b[1]} (HxW) but image is {a[0]}x{a[1]}; pass a mask_image of the "
+                         "same size as image")
+    if padding_mask_crop is None:
+        return
+    if isinstance(padding_mask_crop, bool) or not isinstance(padding_mask_crop, int) or padding_mask_crop < 0:
+        raise ValueError(f"padding_mask_crop must be None or a non-negative int (pixels), got {padding_mask_crop!r}")
+    for name, value in (("image", image), ("mask_image", mask_image)):
+        if not isinstance(value, PIL.Image.Image):
+            raise ValueError(f"padding_mask_crop needs {name} as one PIL image, got {type(value).__name__}")
+    if output_type != "pil":
+        raise ValueError(f"padding_mask_crop pastes the result back into the PIL image, so output_type must be "
+                         f"'pil', got {output_type!r}")

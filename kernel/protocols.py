@@ -1,9 +1,12 @@
 """The shapes every plugin component fits, as runtime-checkable protocols.
 
 Each docstring states the invariants the contract suite (``kernel_contracts``) tests.
-The protocols are structural: a class fits by having the members, not by inheriting.
-Tensors are ``torch.Tensor``; this module does not import torch so ``import kernel``
-stays light.
+A component declares which protocol it implements with a class attribute
+``component_kind`` (one of :data:`PROTOCOLS`' keys: ``"scheduler"``, ``"denoiser"``, ...);
+:func:`kind_of` reads that declaration and never guesses from the members.  The protocols
+themselves stay structural (``isinstance(x, Scheduler)`` checks the members), and the contract
+suite tests a component against the protocol it declares.  Tensors are ``torch.Tensor``; this
+module does not import torch so ``import kernel`` stays light.
 
 Shapes use ``B`` for batch, ``C`` for channels and ``*S`` for the spatial or
 spatio-temporal dims (``H, W`` for images, ``F, H, W`` for video, ``T`` or
@@ -49,9 +52,16 @@ class Scheduler(Configurable, Protocol):
     * ``step(model_output, t, sample, generator=g)`` keeps shape and dtype of ``sample``,
       never changes its inputs in place, and gives identical results for identically seeded
       generators;
-    * ``add_noise(x0, noise, t)`` (optional: sampling-only schedulers such as IPNDM lack it, and
-      flow matching also offers ``scale_noise``) keeps shape; at the least noisy timestep it is
-      close to ``x0``;
+    * ``order`` is the number of model evaluations per step (1, or 2 for Heun-type solvers);
+    * ``set_begin_index(begin_index=0)`` tells the scheduler the loop starts at
+      ``timesteps[begin_index]`` (image-to-image, inpainting; pipelines pass ``t_start * order``);
+      the scheduler reports it as ``begin_index`` and its step position starts there, and the loop
+      from that index keeps shape and dtype.  Schedulers that locate each step by its timestep
+      value store it all the same;
+    * ``add_noise(original_samples, noise, timesteps)`` (the forward process at ``timesteps``,
+      one per batch item) keeps shape; at the least noisy timestep it is close to ``x0``.  A
+      scheduler that cannot noise a sample raises ``ValueError`` (or ``NotImplementedError``,
+      as Diffusers' sampling-only ones do) saying so; flow matching also offers ``scale_noise``;
     * with the exact model output for its ``prediction_type`` (true noise, true velocity, true
       x0), a deterministic scheduler's loop from ``add_noise(x0, noise, timesteps[0])`` (scaled
       by ``init_noise_sigma`` for sigma-based ones) ends close to ``x0``;
@@ -67,6 +77,10 @@ class Scheduler(Configurable, Protocol):
     def scale_model_input(self, sample: Any, timestep: Any = None) -> Any: ...
 
     def step(self, model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def set_begin_index(self, begin_index: int = 0) -> None: ...
+
+    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> Any: ...
 
 
 @runtime_checkable
@@ -232,34 +246,15 @@ PROTOCOLS = {
 }
 
 
-#: Data members a class (not only an instance) must show to fit: a pipeline class has
-#: ``components`` (a property), a scheduler class its ``order``.
-_CLASS_LEVEL_DATA = {"components", "order"}
-
-
 def kind_of(component: Any) -> str | None:
-    """Which protocol a class or instance fits (most specific first), or ``None``."""
-    for name in ("scheduler", "guider", "pipeline", "autoencoder", "denoiser", "adapter", "quantizer", "conditioner"):
-        proto = PROTOCOLS[name]
-        members = [m for m in _members(proto)]
-        if isinstance(component, type):
-            needed = [m for m in members if not _is_data(proto, m) or m in _CLASS_LEVEL_DATA]
-            if all(hasattr(component, m) for m in needed):
-                return name
-        elif isinstance(component, proto):
-            return name
-    return None
+    """The kind a class or instance declares in ``component_kind``, or ``None`` when it declares none.
 
-
-def _members(proto: type) -> list[str]:
-    attrs = set()
-    for base in proto.__mro__:
-        if base in (Protocol, object) or not getattr(base, "_is_protocol", False):
-            continue
-        attrs.update(k for k in base.__dict__ if not k.startswith("_"))
-        attrs.update(getattr(base, "__annotations__", {}))
-    return sorted(attrs)
-
-
-def _is_data(proto: type, member: str) -> bool:
-    return any(member in getattr(b, "__annotations__", {}) for b in proto.__mro__)
+    A declared value that is not a protocol name is a bug in the component and raises ``ValueError``.
+    """
+    kind = getattr(component, "component_kind", None)
+    if kind is None:
+        return None
+    if not isinstance(kind, str) or kind not in PROTOCOLS:
+        name = component.__name__ if isinstance(component, type) else type(component).__name__
+        raise ValueError(f"{name}.component_kind={kind!r} is not a component kind; accepted values: {', '.join(PROTOCOLS)}")
+    return kind

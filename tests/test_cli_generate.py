@@ -82,6 +82,7 @@ def test_batch_writes_files_and_a_grid_with_consecutive_seeds(tmp_path):
     (["--size", "66x64"], "multiples of 4"),
     (["--size", "big"], "WIDTHxHEIGHT"),
     (["--steps", "0"], "--steps"),
+    (["--guidance", "nan"], "--guidance must be a finite number"),
     (["--dtype", "float16", "--device", "cuda:7"], "--device"),
 ])
 def test_bad_options_are_one_clear_line(tmp_path, capsys, argv, needle):

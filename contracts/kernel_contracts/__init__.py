@@ -20,6 +20,7 @@ from kernel_contracts.classes import (
     AutoencoderContract,
     ConditionerContract,
     DenoiserContract,
+    GuiderContract,
     PipelineContract,
     QuantizerContract,
     SchedulerContract,
@@ -43,4 +44,5 @@ __all__ = [
     "AdapterContract",
     "QuantizerContract",
     "PipelineContract",
+    "GuiderContract",
 ]

@@ -6,6 +6,8 @@
 
 gives one test per contract with the id ``DDIMScheduler-<contract>``.  A known failure is an
 ``xfail(strict=True)`` carrying its reason: it must fail, and it is reported when it stops failing.
+A component may declare its own known failures next to its code, as a class attribute
+``_known_contract_failures = {"contract": "reason"}``; they apply wherever it is tested.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def cases(
 ) -> list:
     """One ``pytest.param(Case)`` per contract of ``component`` (a name, class, instance or factory)."""
     subject = Subject(component, kind, options)
-    known = dict(known_failures or {})
+    known = {**subject.known_failures, **(known_failures or {})}
     _check_known(subject.kind, subject.name, known)
     params = []
     for name in contracts_for(subject.kind):

@@ -6,7 +6,7 @@
         component = "EulerDiscreteScheduler"   # a registered name, a class, or a factory
 
 Optional class attributes: ``known_failures = {"contract": "reason"}`` (strict xfail, never a
-skip) and ``contract_options = {...}`` (the plugin's declarations, see each kind's module).
+skip; added to those the component declares itself in ``_known_contract_failures``) and ``contract_options = {...}`` (the plugin's declarations, see each kind's module).
 Hooks a plugin may define as methods: ``contract_inputs(self, model, batch_size, generator)``
 (example inputs for a model), ``contract_model(self)`` (the model an adapter or quantizer is
 applied to).
@@ -44,13 +44,13 @@ class _ContractTests:
         return _subjects[cls]
 
     def _run(self, request: Any, contract: str) -> None:
-        known = type(self).known_failures
+        subject = self.contract_subject()
+        known = {**subject.known_failures, **type(self).known_failures}
         unknown = set(known) - set(contracts_for(self.kind))
         if unknown:
             raise ValueError(f"known_failures names contracts that do not exist: {sorted(unknown)}")
         if contract in known:
             request.applymarker(pytest.mark.xfail(reason=known[contract], strict=True))
-        subject = self.contract_subject()
         result = run_contract(subject, contracts_for(self.kind)[contract])
         if isinstance(result, Failure):
             pytest.fail(str(result), pytrace=False)
@@ -81,9 +81,10 @@ ConditionerContract = _with_contracts("conditioner", "ConditionerContract", "Eve
 AdapterContract = _with_contracts("adapter", "AdapterContract", "Every adapter contract as a test method.")
 QuantizerContract = _with_contracts("quantizer", "QuantizerContract", "Every quantizer contract as a test method.")
 PipelineContract = _with_contracts("pipeline", "PipelineContract", "Every pipeline contract as a test method.")
+GuiderContract = _with_contracts("guider", "GuiderContract", "Every guider contract as a test method.")
 
 BASE_CLASSES = {
     c.__name__: c
     for c in (SchedulerContract, DenoiserContract, AutoencoderContract, ConditionerContract, AdapterContract,
-              QuantizerContract, PipelineContract)
+              QuantizerContract, PipelineContract, GuiderContract)
 }

@@ -5,7 +5,8 @@ The plugin supplies a tiny instance (``component`` = a factory) and example inpu
 arguments of ``forward`` (denoisers: ``sample``, ``timestep``, ``encoder_hidden_states`` ...;
 autoencoders: ``{"x": images}``).  Examples draw the batch size and the seed.
 
-Declarations: ``atol`` (batch independence, default 1e-4), ``dtypes`` (default
+Declarations: ``atol`` (batch independence, default 1e-4; slicing and the latent normalisation
+round trip, default 1e-5), ``dtypes`` (default
 ``(torch.float32, torch.bfloat16)``), ``tiling_atol`` (default 1e-4), ``compile`` (run the
 ``torch.compile(fullgraph=True)`` contract; on in the ``thorough`` profile or with
 ``--contracts-compile``).
@@ -200,24 +201,45 @@ def _encode_decode(model: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         return z, first_output(model.decode(z))
 
 
+def _compression_ratio(model: Any) -> int:
+    ratio = getattr(model, "spatial_compression_ratio", None)
+    assert isinstance(ratio, int) and ratio >= 1, (
+        f"spatial_compression_ratio is {ratio!r}; the Autoencoder protocol requires a positive int"
+    )
+    return ratio
+
+
 @contract("autoencoder", "encode_decode_shapes", examples=model_examples, budget=MODEL_BUDGET)
 def encode_decode_shapes(subject: Subject, ex: dict, opts: dict) -> None:
-    """``encode`` gives ``(B, latent_channels, *S / 2**(len(block_out_channels) - 1))``; ``decode`` inverts the shape."""
+    """``encode`` gives ``(B, latent_channels, *S / spatial_compression_ratio)``; ``decode`` inverts the shape."""
     model = model_of(subject)
     x = inputs_for(subject, opts, model, ex)["x"]
     z, y = _encode_decode(model, x)
-    cfg = model.config
-    scale = opts.get("spatial_scale") or 2 ** (len(cfg["block_out_channels"]) - 1)
-    expected = (x.shape[0], cfg["latent_channels"], *(s // scale for s in x.shape[2:]))
-    assert tuple(z.shape) == expected, f"latents {tuple(z.shape)}; expected {expected}"
+    ratio = _compression_ratio(model)
+    expected = (x.shape[0], model.config["latent_channels"], *(s // ratio for s in x.shape[2:]))
+    assert tuple(z.shape) == expected, (
+        f"latents {tuple(z.shape)} for input {tuple(x.shape)}; expected {expected} "
+        f"(spatial_compression_ratio={ratio})"
+    )
     assert y.shape == x.shape, f"decode gave {tuple(y.shape)} for input {tuple(x.shape)}"
 
 
-@contract("autoencoder", "scaling_factor_in_config")
-def scaling_factor_in_config(subject: Subject, ex: Any, opts: dict) -> None:
-    """``config.scaling_factor`` exists (the pipelines scale latents by it)."""
+@contract("autoencoder", "latent_normalization_round_trip", examples=model_examples, budget=MODEL_BUDGET)
+def latent_normalization_round_trip(subject: Subject, ex: dict, opts: dict) -> None:
+    """``denormalize_latents(normalize_latents(z))`` is ``z`` (float tolerance), shape kept, for encoder latents ``z``."""
     model = model_of(subject)
-    assert "scaling_factor" in model.config, "config has no scaling_factor"
+    for member in ("normalize_latents", "denormalize_latents"):
+        assert callable(getattr(model, member, None)), f"no {member}(): the Autoencoder protocol requires it"
+    z, _ = _encode_decode(model, inputs_for(subject, opts, model, ex)["x"])
+    with torch.no_grad():
+        normed = model.normalize_latents(z)
+        back = model.denormalize_latents(normed)
+    assert normed.shape == z.shape and back.shape == z.shape, (
+        f"normalize/denormalize changed the shape {tuple(z.shape)} -> {tuple(normed.shape)} -> {tuple(back.shape)}"
+    )
+    atol = float(opts.get("atol", 1e-5)) * max(1.0, z.abs().max().item())
+    err = (back - z).abs().max().item()
+    assert err <= atol, f"denormalize_latents(normalize_latents(z)) differs from z by {err:.3g} (atol {atol:.3g})"
 
 
 def _switch(subject: Subject, opts: dict, ex: dict, switch: str, atol: float) -> None:

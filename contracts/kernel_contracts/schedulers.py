@@ -8,7 +8,8 @@ Examples are drawn from the class's own config keys (``prediction_type``, ``time
 Schedulers differ only through what they expose, never through their class:
 
 * ``order`` (after ``set_timesteps``): ``1`` means one model evaluation per step,
-  ``k > 1`` a multi-stage solver with ``k * (n - 1) + 1`` timesteps (Heun: ``2n - 1``);
+  ``k > 1`` a multi-stage solver with ``k * (n - 1) + 1`` timesteps (Heun: ``2n - 1``); a loop
+  that starts mid-schedule starts at a multiple of ``order`` (``set_begin_index``);
 * flow matching (``prediction_type == "flow_prediction"``, or no ``prediction_type`` and all
   ``sigmas`` in ``[0, 1]``): timesteps lie in ``[0, num_train_timesteps]``, noise is added with
   ``add_noise`` or ``scale_noise``, and the exact model output is ``noise - x0``;
@@ -39,7 +40,7 @@ from hypothesis import reject
 from hypothesis import strategies as st
 
 from kernel.config import init_keys
-from kernel.scheduling import PREDICTION_TYPES, TIMESTEP_SPACINGS
+from kernel_sched_common import PREDICTION_TYPES, TIMESTEP_SPACINGS
 
 from kernel_contracts import oracles
 from kernel_contracts.engine import NotApplicable, Subject, contract
@@ -99,13 +100,13 @@ def _as_batch(t: Any, batch: int) -> torch.Tensor:
 
 
 def noisify(s: Any, x0: torch.Tensor, noise: torch.Tensor, t: Any) -> torch.Tensor:
-    """``add_noise`` (or ``scale_noise`` for flow schedulers that only have that) at timestep ``t``."""
-    tb = _as_batch(t, x0.shape[0])
-    if hasattr(s, "add_noise"):
-        return s.add_noise(x0, noise, tb)
-    if hasattr(s, "scale_noise"):
-        return s.scale_noise(x0, tb, noise)
-    raise NotApplicable("sampling-only scheduler: no add_noise or scale_noise")
+    """``add_noise(x0, noise, t)`` at timestep ``t`` (one per batch item); the protocol requires it."""
+    if not callable(getattr(s, "add_noise", None)):
+        raise AssertionError(
+            f"{type(s).__name__} has no add_noise(original_samples, noise, timesteps): the Scheduler protocol "
+            "requires it (raise ValueError in it if the scheduler cannot noise a sample)"
+        )
+    return s.add_noise(x0, noise, _as_batch(t, x0.shape[0]))
 
 
 def scale_input(s: Any, sample: torch.Tensor, t: Any) -> torch.Tensor:
@@ -121,10 +122,12 @@ def fake_model(x: torch.Tensor, t: Any, i: int) -> torch.Tensor:
     return (0.6 * x.float() + 0.3 * torch.sin(phase + i)).to(x.dtype)
 
 
-def run_loop(s: Any, sample: torch.Tensor, model=fake_model, seed: int | None = 0, check=None) -> torch.Tensor:
-    """The plain denoising loop a pipeline runs; ``check(i, t, x_in, out, sample, prev)`` sees each step."""
+def run_loop(s: Any, sample: torch.Tensor, model=fake_model, seed: int | None = 0, check=None,
+             start: int = 0) -> torch.Tensor:
+    """The plain denoising loop a pipeline runs, from ``timesteps[start]``; ``check(i, t, x_in, out, sample, prev)``
+    sees each step."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    for i, t in enumerate(timesteps_of(s)):
+    for i, t in enumerate(timesteps_of(s)[start:], start):
         x_in = scale_input(s, sample, t)
         out = model(x_in, t, i)
         prev = call_step(s, out, t, sample, generator)
@@ -283,9 +286,10 @@ def timestep_order(subject: Subject, ex: dict, opts: dict) -> None:
         assert (diffs <= 0).all(), f"timesteps are not non-increasing: {ts.tolist()}"
 
 
-def _loop_preserves(subject: Subject, ex: dict, dtype: torch.dtype) -> None:
+def _loop_preserves(subject: Subject, ex: dict, dtype: torch.dtype, from_middle: bool = False) -> None:
     s = build(subject, ex)
     x = _sample(ex["shape"], ex["seed"], dtype) * float(getattr(s, "init_noise_sigma", 1.0) or 1.0)
+    start = _begin_at(s, len(timesteps_of(s)) // 2) if from_middle else 0
 
     def check(i, t, x_in, out, sample, prev):
         assert x_in.shape == sample.shape, f"step {i}: scale_model_input changed the shape {tuple(sample.shape)} -> {tuple(x_in.shape)}"
@@ -294,13 +298,45 @@ def _loop_preserves(subject: Subject, ex: dict, dtype: torch.dtype) -> None:
         assert prev.dtype == dtype, f"step {i}: step returned {prev.dtype} for a {dtype} sample"
         assert bool(torch.isfinite(prev).all()), f"step {i} (t={float(torch.as_tensor(t))}) returned non-finite values"
 
-    run_loop(s, x, seed=ex["seed"], check=check)
+    run_loop(s, x, seed=ex["seed"], check=check, start=start)
+
+
+def _begin_at(s: Any, start: int) -> int:
+    """``set_begin_index`` at the step boundary at or below ``start``; checks it is there and reported.
+
+    Pipelines pass ``t_start * order``; a scheduler whose steps have varying numbers of stages
+    refuses an index inside a step with ``ValueError``, and the next lower boundary is tried.
+    """
+    if not callable(getattr(s, "set_begin_index", None)):
+        raise AssertionError(
+            f"{type(s).__name__} has no set_begin_index(begin_index=0): the Scheduler protocol requires it "
+            "(pipelines call it to start image-to-image mid-schedule)"
+        )
+    order = int(getattr(s, "order", 1) or 1)
+    for start in range(start // order * order, -1, -order):
+        try:
+            s.set_begin_index(start)
+        except ValueError:
+            if start == 0:
+                raise
+            continue
+        break
+    if hasattr(s, "begin_index"):
+        assert s.begin_index == start, f"set_begin_index({start}) but begin_index is {s.begin_index!r}"
+    return start
 
 
 @contract(KIND, "step_shape_dtype", examples=scheduler_examples)
 def step_shape_dtype(subject: Subject, ex: dict, opts: dict) -> None:
     """``step`` and ``scale_model_input`` keep the sample's shape and float32 dtype at every step."""
     _loop_preserves(subject, ex, torch.float32)
+
+
+@contract(KIND, "begin_index", examples=scheduler_examples)
+def begin_index(subject: Subject, ex: dict, opts: dict) -> None:
+    """``set_begin_index(k)`` exists and ``begin_index`` reports ``k``; the loop from ``timesteps[k]`` (half-way,
+    at a step boundary) keeps shape and float32 dtype, as image-to-image runs it."""
+    _loop_preserves(subject, ex, torch.float32, from_middle=True)
 
 
 @contract(KIND, "step_half_precision", examples=scheduler_examples, budget=0.5)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import kernel
+import kernel_contracts
 from kernel_contracts import AutoencoderContract, DenoiserContract
 
 
@@ -53,8 +55,29 @@ class TestUNet2DConditionModelContracts(DenoiserContract):
         }
 
 
+def vae_inputs(model, batch_size, generator):
+    return {"x": torch.rand(batch_size, 3, 16, 16, generator=generator) * 2 - 1}
+
+
 class TestAutoencoderKLContracts(AutoencoderContract):
     component = tiny_vae
 
     def contract_inputs(self, model, batch_size, generator):
-        return {"x": torch.rand(batch_size, 3, 16, 16, generator=generator) * 2 - 1}
+        return vae_inputs(model, batch_size, generator)
+
+
+@pytest.mark.parametrize("latent_space", [
+    {"scaling_factor": 0.13025},
+    {"scaling_factor": 1.5305, "shift_factor": 0.0609},
+    {"scaling_factor": 0.5, "latents_mean": [0.1, -0.2, 0.3, 0.0], "latents_std": [1.5, 0.5, 2.0, 1.0]},
+])
+def test_latent_normalization_contract_holds_for_each_convention(latent_space):
+    """The round-trip contract on every latent-space convention the autoencoders read from their config."""
+    def factory():
+        vae = tiny_vae()
+        return type(vae).from_config(vae.config, **latent_space)
+
+    assert kernel_contracts.check(factory, contracts=["latent_normalization_round_trip"], contract_inputs=vae_inputs) == []
+    vae = factory()
+    z = torch.randn(2, 4, 4, 4)
+    assert not torch.allclose(vae.normalize_latents(z), z)  # the convention is applied, not skipped

@@ -19,6 +19,7 @@ DDIM = kernel.component("DDIMScheduler")
 Euler = kernel.component("EulerDiscreteScheduler")
 EulerAncestral = kernel.component("EulerAncestralDiscreteScheduler")
 UNet2DModel = kernel.component("UNet2DModel")
+AutoencoderKL = kernel.component("AutoencoderKL")
 
 
 # --------------------------------------------------------------------------- scheduler mutants
@@ -71,6 +72,35 @@ class SwappedAddNoise(DDIM):
         return super().add_noise(noise, original_samples, timesteps)
 
 
+class ForgetsBeginIndex(DDIM):
+    def set_begin_index(self, begin_index=0):
+        pass  # accepted, then ignored: the loop would not know it starts mid-schedule
+
+
+# --------------------------------------------------------------------------- autoencoder mutants
+def _tiny_vae(cls):
+    torch.manual_seed(0)
+    return cls(
+        latent_channels=4, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+
+
+class LossyLatentSpace(AutoencoderKL):
+    def denormalize_latents(self, latents):
+        return super().denormalize_latents(latents) * 1.01
+
+
+class MisreportedCompression(AutoencoderKL):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spatial_compression_ratio *= 2
+
+
+def _vae_inputs(model, batch_size, generator):
+    return {"x": torch.rand(batch_size, 3, 16, 16, generator=generator) * 2 - 1}
+
+
 # --------------------------------------------------------------------------- denoiser mutants
 def _tiny_unet(cls):
     torch.manual_seed(0)
@@ -101,6 +131,8 @@ def _unet_inputs(model, batch_size, generator):
 # --------------------------------------------------------------------------- adapter mutants
 class MergedLoRA:
     """A minimal real adapter: merges ``scale * B @ A`` into every Linear/1x1-conv weight, keeps the originals."""
+
+    component_kind = "adapter"
 
     def __init__(self, rank: int = 2, seed: int = 0):
         self.rank, self.seed, self.saved = rank, seed, {}
@@ -144,6 +176,7 @@ def _adapter_inputs(model, batch_size, generator):
 
 # --------------------------------------------------------------------------- the table
 UNET_OPTS = {"contract_inputs": _unet_inputs}
+VAE_OPTS = {"contract_inputs": _vae_inputs}
 ADAPTER_OPTS = {"contract_model": _adapter_model, "contract_inputs": _adapter_inputs}
 
 MUTANTS = [
@@ -156,6 +189,9 @@ MUTANTS = [
     (DropsKeyOnSave, DDIM, "save_load_round_trip", {}),
     (MutatesInput, Euler, "step_no_mutation", {}),
     (SwappedAddNoise, DDIM, "add_noise", {}),
+    (ForgetsBeginIndex, DDIM, "begin_index", {}),
+    (lambda: _tiny_vae(LossyLatentSpace), lambda: _tiny_vae(AutoencoderKL), "latent_normalization_round_trip", VAE_OPTS),
+    (lambda: _tiny_vae(MisreportedCompression), lambda: _tiny_vae(AutoencoderKL), "encode_decode_shapes", VAE_OPTS),
     (lambda: _tiny_unet(BatchLeakingUNet), lambda: _tiny_unet(UNet2DModel), "batch_independence", UNET_OPTS),
     (lambda: _tiny_unet(UpcastingUNet), lambda: _tiny_unet(UNet2DModel), "dtype_follows_parameters", UNET_OPTS),
     (ForgetfulLoRA, MergedLoRA, "remove_restores_model", ADAPTER_OPTS),

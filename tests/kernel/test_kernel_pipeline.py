@@ -120,9 +120,9 @@ def test_family_load_checks_fit(saved, tmp_path):
 
 def test_callback_inputs_are_checked(saved):
     pipe, _ = saved
-    pipe.check_callback_inputs(["latents"])
+    assert pipe._callback_names(None, ["latents"]) == ["latents"]
     with pytest.raises(ValueError, match=r"callback_on_step_end_tensor_inputs.*noise_pred.*accepted: \['latents'\]"):
-        pipe.check_callback_inputs(["latents", "noise_pred"])
+        pipe._callback_names(None, ["latents", "noise_pred"])
 
 
 def test_cpu_offload_hooks_keep_outputs(saved):

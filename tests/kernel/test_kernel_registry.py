@@ -134,7 +134,20 @@ def test_kind_of_tells_components_apart(fake_plugin, use_registry, fake_entries)
     good, _ = fake_plugin
     use_registry(fake_entries(good))
     Model, Sched, Pipe = (kernel.component(n) for n in ("TinyModel", "TinyScheduler", "TinyPipeline"))
+    # The kind is what a class declares (SchedulerMixin and the pipeline base declare theirs) ...
     assert kind_of(Sched) == "scheduler" and kind_of(Sched()) == "scheduler"
     assert kind_of(Pipe) == "pipeline"
-    assert kind_of(Model) == "denoiser" and kind_of(Model()) == "denoiser"
-    assert kind_of(int) is None
+    # ... never a guess from its members: TinyModel has a denoiser's members but declares nothing.
+    assert kind_of(Model) is None and kind_of(Model()) is None
+
+    class Denoiser(Model):
+        component_kind = "denoiser"
+
+    assert kind_of(Denoiser) == "denoiser" and kind_of(Denoiser()) == "denoiser"
+    assert kind_of(int) is None and kind_of(3) is None
+
+    class Misdeclared:
+        component_kind = "sampler"
+
+    with pytest.raises(ValueError, match="component_kind='sampler'.*scheduler"):
+        kind_of(Misdeclared)

@@ -1,5 +1,6 @@
 """Repository rules that keep the monorepo sound."""
 
+import ast
 import re
 from collections import Counter
 from pathlib import Path
@@ -44,3 +45,42 @@ def test_every_plugin_distribution_has_tests():
         if f"plugins/{name}/pyproject.toml" not in tracked:
             continue  # not a distribution yet (work in progress)
         assert list((plugin / "tests").glob("test_*.py")), f"{plugin.name} has no tests"
+
+
+def _plugin_import_packages() -> set[str]:
+    """Top-level import packages of the distributions under plugins/ and contracts/ (and examples/)."""
+    packages = set()
+    for dist in [*ROOT.glob("plugins/*"), ROOT / "contracts", *ROOT.glob("examples/*")]:
+        if not (dist / "pyproject.toml").exists():
+            continue
+        packages.update(p.parent.name for p in dist.glob("*/__init__.py") if p.parent.name != "tests")
+        packages.update(p.stem for p in dist.glob("*.py") if p.stem not in ("setup", "conftest"))
+    return packages
+
+
+def _imported_top_levels(source: str) -> set[str]:
+    """Top-level modules a source imports: import statements, plus import_module/__import__ of a literal."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value.split(".")[0])
+    return found
+
+
+def test_kernel_never_imports_a_plugin():
+    plugins = _plugin_import_packages()
+    assert {"kernel_layers", "kernel_sched_common", "kernel_contracts", "kernel_unet"} <= plugins
+    assert _imported_top_levels("import kernel_unet.blocks\nfrom kernel_layers import x\n") == {"kernel_unet", "kernel_layers"}
+    assert _imported_top_levels("importlib.import_module('kernel_flux.rotary')") == {"kernel_flux"}
+    offenders = []
+    for path in sorted((ROOT / "kernel").rglob("*.py")):
+        bad = _imported_top_levels(path.read_text()) & plugins
+        offenders += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(bad)]
+    assert offenders == [], "the kernel never imports a plugin (DESIGN.md); move the code into a plugin instead"

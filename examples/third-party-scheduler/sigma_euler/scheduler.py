@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import (
-    SchedulerMixin,
-    SchedulerOutputWithX0,
+from kernel.scheduling import SchedulerMixin, SchedulerOutputWithX0
+from kernel_sched_common import (
+    BeginIndexMixin,
     broadcast_to,
     check_choice,
     exponential_sigmas,
@@ -29,8 +29,12 @@ from kernel.scheduling import (
 )
 
 
-class SigmaEulerScheduler(SchedulerMixin):
-    """Deterministic first-order sampler; ``len(timesteps) == num_inference_steps``."""
+class SigmaEulerScheduler(BeginIndexMixin, SchedulerMixin):
+    """Deterministic first-order sampler; ``len(timesteps) == num_inference_steps``.
+
+    Each step looks its sigma up from the timestep value, so ``set_begin_index`` (which the
+    Scheduler protocol requires, for image-to-image) is only stored.
+    """
 
     order = 1
 
@@ -62,6 +66,7 @@ class SigmaEulerScheduler(SchedulerMixin):
         self.sigmas = torch.cat([torch.from_numpy(sigmas).float(), torch.zeros(1)])
         self.init_noise_sigma = float((sigmas[0] ** 2 + 1) ** 0.5)
         self.num_inference_steps = n
+        self._begin_index = None
 
     # The schedule lives on the CPU, so looking a timestep up never syncs with an accelerator.
     def _sigma_at(self, timestep: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,11 +18,11 @@ from torch import nn
 
 from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
-from kernel.nn.attention import AttentionMixin
-from kernel.nn.blocks_2d import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, run_checkpointed
-from kernel.nn.normalization import SpatialNorm
 from kernel.outputs import BaseOutput
 from kernel.scheduling import randn_tensor
+from kernel_layers.attention import AttentionMixin
+from kernel_layers.blocks_2d import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, run_checkpointed
+from kernel_layers.normalization import SpatialNorm
 
 from kernel_autoencoders.latents import LatentSpaceMixin
 from kernel_autoencoders.tiling import TilingMixin
@@ -170,6 +170,7 @@ class Decoder(nn.Module):
 class AutoencoderKL(LatentSpaceMixin, TilingMixin, ModelMixin, AttentionMixin):
     """KL autoencoder with Diffusers' config keys (see the module docstring)."""
 
+    component_kind = "autoencoder"
     _supports_gradient_checkpointing = True
     _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D"]
 

@@ -14,8 +14,8 @@ from torch import nn
 
 from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
-from kernel.nn.activations import get_activation
 from kernel.outputs import BaseOutput
+from kernel_layers.activations import get_activation
 
 from kernel_autoencoders.autoencoder_kl import DecoderOutput
 from kernel_autoencoders.latents import LatentSpaceMixin
@@ -102,6 +102,7 @@ class DecoderTiny(nn.Module):
 class AutoencoderTiny(LatentSpaceMixin, TilingMixin, ModelMixin):
     """TAESD with Diffusers' config keys (see the module docstring)."""
 
+    component_kind = "autoencoder"
     _supports_gradient_checkpointing = True
 
     @register_to_config

@@ -386,6 +386,8 @@ def encode_prompt_xl(
 class CLIPPromptConditioner:
     """SD 1.x/2.x conditioner: a tokenizer and ``CLIPTextModel`` with :func:`encode_prompt`."""
 
+    component_kind = "conditioner"
+
     def __init__(self, tokenizer, text_encoder, long_prompts: bool = False, emphasis: bool = False) -> None:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -400,6 +402,8 @@ class CLIPPromptConditioner:
 
 class CLIPXLPromptConditioner:
     """SDXL conditioner: two tokenizers and encoders with :func:`encode_prompt_xl`."""
+
+    component_kind = "conditioner"
 
     def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2,
                  force_zeros_for_empty_prompt: bool = True, long_prompts: bool = False, emphasis: bool = False) -> None:

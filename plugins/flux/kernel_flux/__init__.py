@@ -1,8 +1,8 @@
 """Flux.1 for kernel: the transformer and its pipelines."""
 
-from kernel_flux.inpaint import FluxInpaintPipeline
 from kernel_flux.pipelines import (
     FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
     FluxPipeline,
     FluxPipelineOutput,
     latent_image_ids,

@@ -19,16 +19,15 @@ from torch import nn
 
 from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
-from kernel.nn.activations import FeedForward
-from kernel.nn.adaln import AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle, modulate
-from kernel.nn.attention import Attention
-from kernel.nn.dit_embeddings import (
-    CombinedTimestepGuidanceTextProjEmbeddings,
-    CombinedTimestepTextProjEmbeddings,
-)
-from kernel.nn.joint_attention import FluxAttnProcessor, JointAttentionSwitches
-from kernel.nn.rotary import FluxPosEmbed
-from kernel.nn.transformer_2d import Transformer2DModelOutput
+from kernel_layers.activations import FeedForward
+from kernel_layers.attention import Attention
+from kernel_layers.dit_embeddings import CombinedTimestepTextProjEmbeddings
+from kernel_layers.joint_attention import JointAttentionSwitches
+from kernel_layers.normalization import AdaLayerNormContinuous, AdaLayerNormZero, modulate
+from kernel_layers.transformer_2d import Transformer2DModelOutput
+
+from kernel_flux.layers import AdaLayerNormZeroSingle, CombinedTimestepGuidanceTextProjEmbeddings, FluxAttnProcessor
+from kernel_flux.rotary import FluxPosEmbed
 
 _FP16_MAX = 65504.0
 
@@ -114,6 +113,7 @@ class FluxTransformer2DModel(JointAttentionSwitches, ModelMixin):
     pooled_projections (B, pooled_projection_dim), timestep (B,) in [0, 1], img_ids (N, 3), txt_ids (S, 3),
     guidance (B,) for guidance-distilled models)`` -> ``sample (B, N, out_channels)``."""
 
+    component_kind = "denoiser"
     _supports_gradient_checkpointing = True
     _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
     _attn_processor_cls = FluxAttnProcessor

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import kernel
-from kernel.testing import box_mask, random_image
 from kernel_clip.testing import tiny_clip_text_model, tiny_clip_tokenizer
 from kernel_contracts import DenoiserContract, PipelineContract
+from kernel_contracts.testing import box_mask, random_image
 from kernel_t5.testing import tiny_t5_encoder, tiny_t5_tokenizer
 
 TINY = dict(patch_size=1, in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=8,

@@ -77,3 +77,20 @@ def test_guidance_mismatch_errors():
         schnell(x, ctx, pooled, timestep=kw["timestep"], img_ids=_ids(3, 2), txt_ids=kw["txt_ids"])
     with pytest.raises(ValueError, match="axes_dims_rope"):
         FluxTransformer2DModel(**dict(config(False), axes_dims_rope=[4, 4, 4]))
+
+
+def test_rotary_layers_match_diffusers():
+    from diffusers.models.embeddings import FluxPosEmbed as RefPosEmbed
+    from diffusers.models.embeddings import apply_rotary_emb as ref_apply
+
+    from kernel_flux.rotary import FluxPosEmbed, apply_rotary_emb
+
+    ids = torch.cat([torch.zeros(3, 3), torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(2.0), torch.arange(4.0),
+                                                                    indexing="ij"), -1).reshape(-1, 3)])
+    ours, theirs = FluxPosEmbed(10000, [4, 6, 6])(ids), RefPosEmbed(10000, [4, 6, 6])(ids)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    x = torch.randn(2, 3, ids.shape[0], 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(apply_rotary_emb(x, ours), ref_apply(x, theirs), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="ids must have shape"):
+        FluxPosEmbed(10000, [4, 6, 6])(ids[:, :2])

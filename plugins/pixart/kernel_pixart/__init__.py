@@ -6,7 +6,7 @@ from kernel_pixart.aspect_ratios import (
     ASPECT_RATIO_1024_BIN,
     ASPECT_RATIO_2048_BIN,
 )
-from kernel_pixart.pipelines import ImagePipelineOutput, PixArtAlphaPipeline, PixArtSigmaPipeline
+from kernel_pixart.pipelines import ImagePipelineOutput, PixArtAlphaPipeline, PixArtSigmaPAGPipeline, PixArtSigmaPipeline
 from kernel_pixart.transformer_pixart import PixArtTransformer2DModel
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ASPECT_RATIO_512_BIN",
     "ImagePipelineOutput",
     "PixArtAlphaPipeline",
+    "PixArtSigmaPAGPipeline",
     "PixArtSigmaPipeline",
     "PixArtTransformer2DModel",
 ]

@@ -16,10 +16,11 @@ from torch import nn
 
 from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
-from kernel.nn.adaln import AdaLayerNormSingle
-from kernel.nn.attention import AttentionMixin
-from kernel.nn.dit_embeddings import PatchEmbed, PixArtAlphaTextProjection
-from kernel.nn.transformer_2d import BasicTransformerBlock, Transformer2DModelOutput, mask_to_bias
+from kernel_layers.attention import AttentionMixin
+from kernel_layers.dit_embeddings import PatchEmbed, PixArtAlphaTextProjection
+from kernel_layers.transformer_2d import BasicTransformerBlock, Transformer2DModelOutput, mask_to_bias
+
+from kernel_pixart.layers import AdaLayerNormSingle
 
 
 def unpatchify(tokens: torch.Tensor, rows: int, cols: int, patch: int, channels: int) -> torch.Tensor:
@@ -33,6 +34,7 @@ class PixArtTransformer2DModel(AttentionMixin, ModelMixin):
     timestep (B,), added_cond_kwargs={"resolution","aspect_ratio"}, encoder_attention_mask (B,S))``
     -> ``sample (B, out_channels, H, W)`` (noise and, with ``out_channels = 2C``, learned variance)."""
 
+    component_kind = "denoiser"
     _supports_gradient_checkpointing = True
     _no_split_modules = ["BasicTransformerBlock", "PatchEmbed"]
 

@@ -96,3 +96,12 @@ class TestPixArtAlphaPipelineContracts(PipelineContract):
 class TestPixArtSigmaPipelineContracts(PipelineContract):
     component = pixart_sigma
     contract_inputs = staticmethod(text_inputs)
+
+
+def pixart_sigma_pag():
+    return kernel.component("PixArtSigmaPAGPipeline")(**_parts(), pag_applied_layers="blocks.0")
+
+
+class TestPixArtSigmaPAGPipelineContracts(PipelineContract):
+    component = pixart_sigma_pag
+    contract_inputs = staticmethod(text_inputs)

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import validate_num_inference_steps
 from kernel_samplers_a1111.adaptive_plan import PlannedStep, _ancestral, plan_adaptive
 from kernel_samplers_a1111.planned import PlannedSigmaScheduler
+from kernel_sched_common import validate_num_inference_steps
 
 
 def fast_orders(nfe: int) -> list[int]:
@@ -66,6 +66,9 @@ class _DPMSolverSteps(PlannedSigmaScheduler):
     def _reset_state(self) -> None:
         self._x_start: torch.Tensor | None = None
         self._eps: list[torch.Tensor] = []
+
+    def _starts_a_step(self, k: int) -> bool:
+        return self._stages[k][1] == 0
 
     def _advance(self, k: int, x: torch.Tensor, denoised: torch.Tensor, generator: Any) -> torch.Tensor:
         index, stage = self._stages[k]

@@ -68,6 +68,9 @@ class DPMPP2SAncestralScheduler(PlannedSigmaScheduler):
     def _reset_state(self) -> None:
         self._x_start: torch.Tensor | None = None
 
+    def _starts_a_step(self, k: int) -> bool:
+        return self._stages[k][0] != "second"
+
     def _advance(self, k: int, x: torch.Tensor, denoised: torch.Tensor, generator: Any) -> torch.Tensor:
         kind, s, *rest = self._stages[k]
         s_noise = self.config.s_noise

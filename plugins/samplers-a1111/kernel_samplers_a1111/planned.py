@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernel.scheduling import SchedulerOutputWithX0, randn_tensor, sigma_to_t
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES, SigmaScheduler
+from kernel.scheduling import SchedulerOutputWithX0, randn_tensor
+from kernel_sched_common import KARRAS_COMPATIBLES, SigmaScheduler, check_begin_index, sigma_to_t
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -91,6 +91,21 @@ class PlannedSigmaScheduler(SigmaScheduler):
 
     def _reset_state(self) -> None:
         """Forget solver state between loops (subclasses extend)."""
+
+    def _starts_a_step(self, k: int) -> bool:
+        """Whether evaluation ``k`` is the first of its step, so a loop may start there (multi-stage subclasses)."""
+        return True
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the loop at ``timesteps[begin_index]``, the first evaluation of one of the planned steps."""
+        begin_index = check_begin_index(begin_index)
+        if begin_index < len(self._stages) and not self._starts_a_step(begin_index):
+            starts = [k for k in range(len(self._stages)) if self._starts_a_step(k)]
+            raise ValueError(
+                f"begin_index={begin_index} falls inside a multi-stage step of {type(self).__name__}; "
+                f"start the loop at one of {starts}"
+            )
+        super().set_begin_index(begin_index)
 
     # ------------------------------------------------------------------ stepping
     def _require_timesteps(self) -> None:

@@ -235,3 +235,20 @@ def test_no_host_device_sync_in_step(cls):
             x = sched.step(0.1 * sched.scale_model_input(x, t), t, x).prev_sample
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("cls", [DPMFastScheduler, DPMAdaptiveScheduler, DPMPP2SAncestralScheduler])
+def test_begin_index_only_at_the_start_of_a_planned_step(cls):
+    s = cls()
+    s.set_timesteps(7)
+    starts = [k for k in range(len(s.timesteps)) if s._starts_a_step(k)]
+    inside = [k for k in range(len(s.timesteps)) if k not in starts]
+    assert starts[0] == 0 and inside, "these samplers plan multi-stage steps"
+    with pytest.raises(ValueError, match=f"begin_index={inside[0]} falls inside a multi-stage step"):
+        s.set_begin_index(inside[0])
+    k = starts[len(starts) // 2]
+    s.set_begin_index(k)
+    x = torch.randn(1, 2, 4, 4) * float(s.sigmas[k])
+    for t in s.timesteps[k:]:
+        x = s.step(0.1 * s.scale_model_input(x, t), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert s.step_index == len(s.timesteps) and bool(torch.isfinite(x).all())

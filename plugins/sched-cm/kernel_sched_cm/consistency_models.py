@@ -19,8 +19,8 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import SchedulerMixin, randn_tensor, validate_num_inference_steps
-from kernel.sigma_schedulers import StepIndexMixin
+from kernel.scheduling import SchedulerMixin, randn_tensor
+from kernel_sched_common import StepIndexMixin, validate_num_inference_steps
 
 logger = logging.getLogger(__name__)
 

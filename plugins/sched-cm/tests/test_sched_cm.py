@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffusers
-from kernel.testing import add_noise_parity, scheduler_parity
+from kernel_contracts.testing import add_noise_parity, scheduler_parity
 from kernel_sched_cm import CMStochasticIterativeScheduler
 
 SHAPE = (2, 3, 4, 4)

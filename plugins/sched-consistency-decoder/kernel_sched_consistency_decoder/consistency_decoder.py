@@ -22,8 +22,8 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import SchedulerMixin, betas_for_alpha_bar, randn_tensor
-from kernel.sigma_schedulers import host_int
+from kernel.scheduling import SchedulerMixin, randn_tensor
+from kernel_sched_common import BeginIndexMixin, betas_for_alpha_bar, host_int
 
 #: The timesteps the released decoder was distilled for.
 DECODER_TIMESTEPS = (1008, 512)
@@ -36,8 +36,11 @@ class ConsistencyDecoderSchedulerOutput(BaseOutput):
     prev_sample: torch.Tensor
 
 
-class ConsistencyDecoderScheduler(SchedulerMixin):
-    """Consistency-decoder sampler; config keys as Diffusers'."""
+class ConsistencyDecoderScheduler(BeginIndexMixin, SchedulerMixin):
+    """Consistency-decoder sampler; config keys as Diffusers'.
+
+    Each step is located by its timestep value, so ``set_begin_index`` is only stored.
+    """
 
     order = 1
 
@@ -69,6 +72,7 @@ class ConsistencyDecoderScheduler(SchedulerMixin):
             )
         self.num_inference_steps = 2
         self._host_steps = DECODER_TIMESTEPS
+        self._begin_index = None
         self.timesteps = torch.tensor(DECODER_TIMESTEPS, dtype=torch.long, device=device)
 
     @property

@@ -7,7 +7,7 @@ import torch
 
 import diffusers
 from diffusers.schedulers.scheduling_consistency_decoder import ConsistencyDecoderScheduler as RefScheduler
-from kernel.testing import scheduler_parity
+from kernel_contracts.testing import assert_begin_index_stored, scheduler_parity
 from kernel_sched_consistency_decoder import ConsistencyDecoderScheduler
 
 SHAPE = (2, 3, 8, 8)
@@ -72,3 +72,14 @@ def test_no_host_device_sync_in_step():
             x = sched.step(sched.scale_model_input(x, t), t, x).prev_sample
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_begin_index_is_recorded_and_steps_stay_located_by_timestep():
+    assert_begin_index_stored(ConsistencyDecoderScheduler(), 2)
+    plain, started = ConsistencyDecoderScheduler(), ConsistencyDecoderScheduler()
+    for s in (plain, started):
+        s.set_timesteps(2)
+    started.set_begin_index(1)
+    x, out = torch.randn(SHAPE), torch.randn(SHAPE)
+    t = plain.timesteps[1]
+    assert torch.equal(plain.step(out, t, x).prev_sample, started.step(out, t, x).prev_sample)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffusers
-from kernel.testing import add_noise_parity, assert_matches_reference_api, scheduler_parity
+from kernel_contracts.testing import add_noise_parity, assert_matches_reference_api, scheduler_parity
 from kernel_sched_cosine_dpmsolver import CosineDPMSolverMultistepScheduler
 
 SHAPE = (2, 3, 8)  # audio-like latents

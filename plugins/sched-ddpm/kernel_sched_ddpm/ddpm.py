@@ -14,17 +14,18 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import (
-    SchedulerMixin,
-    SchedulerOutputWithX0,
+from kernel.scheduling import SchedulerMixin, SchedulerOutputWithX0, randn_tensor
+from kernel_sched_common import (
+    KARRAS_COMPATIBLES,
+    AlphaTableMixin,
+    StepIndexMixin,
     check_choice,
-    randn_tensor,
     spaced_timesteps,
+    split_prediction,
     threshold_sample,
     validate_custom_schedule,
     validate_num_inference_steps,
 )
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES, AlphaTableMixin, StepIndexMixin, split_prediction
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 

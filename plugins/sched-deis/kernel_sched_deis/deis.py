@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import SchedulerOutput, check_choice, validate_num_inference_steps
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES
+from kernel.scheduling import SchedulerOutput
+from kernel_sched_common import KARRAS_COMPATIBLES, check_choice, validate_num_inference_steps
 from kernel_sched_dpmsolver.discrete import (
     DiscreteSolverBase,
     check_solver_order,

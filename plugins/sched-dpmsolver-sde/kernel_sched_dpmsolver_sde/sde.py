@@ -17,8 +17,10 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import (
-    SchedulerMixin,
+from kernel.scheduling import SchedulerMixin
+from kernel_sched_common import (
+    KARRAS_COMPATIBLES,
+    MirroredTimestepsMixin,
     broadcast_to,
     check_choice,
     check_sigma_options,
@@ -29,7 +31,6 @@ from kernel.scheduling import (
     sigmas_from_alphas_cumprod,
     validate_num_inference_steps,
 )
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES, MirroredTimestepsMixin
 
 from .brownian import BrownianTreeNoiseSampler
 

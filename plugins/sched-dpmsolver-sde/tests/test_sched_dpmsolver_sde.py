@@ -8,7 +8,7 @@ import torch
 
 import diffusers
 from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler as RefSampler
-from kernel.testing import add_noise_parity, assert_matches_reference_api, scheduler_parity
+from kernel_contracts.testing import add_noise_parity, assert_matches_reference_api, scheduler_parity
 from kernel_sched_dpmsolver_sde import BrownianTreeNoiseSampler, DPMSolverSDEScheduler
 
 SHAPE = (2, 3, 4, 4)

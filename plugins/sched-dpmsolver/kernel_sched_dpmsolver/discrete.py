@@ -13,19 +13,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from kernel.scheduling import (
+from kernel.scheduling import SchedulerMixin
+from kernel_sched_common import (
     PREDICTION_TYPES,
-    SchedulerMixin,
+    TIMESTEP_SPACINGS,
     broadcast_to,
+    build_alpha_tables,
     check_choice,
     check_sigma_options,
     convert_sigmas,
-    make_betas,
-    rescale_zero_terminal_snr,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
     threshold_sample,
-    TIMESTEP_SPACINGS,
 )
 
 from .solver_math import flow_alpha_sigma, vp_alpha_sigma
@@ -120,12 +119,10 @@ class DiscreteSolverBase(StepIndexMixin, SchedulerMixin):
         )
         if not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an int >= 2, got {num_train_timesteps!r}")
-        betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, VP_BETA_SCHEDULES)
-        if rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.betas, self.alphas, self.alphas_cumprod = build_alpha_tables(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
+            VP_BETA_SCHEDULES,
+        )
         if rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = ZERO_SNR_ALPHA_BAR
         self.alpha_t = torch.sqrt(self.alphas_cumprod)

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import check_choice, validate_num_inference_steps
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES
+from kernel_sched_common import KARRAS_COMPATIBLES, check_choice, validate_num_inference_steps
 
 from .discrete import flow_shifted
 from .multistep import VARIANCE_TYPES, DPMSolverMultistepScheduler

@@ -8,14 +8,8 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import (
-    SchedulerOutput,
-    check_choice,
-    randn_tensor,
-    validate_custom_schedule,
-    validate_num_inference_steps,
-)
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES
+from kernel.scheduling import SchedulerOutput, randn_tensor
+from kernel_sched_common import KARRAS_COMPATIBLES, check_choice, validate_custom_schedule, validate_num_inference_steps
 
 from .discrete import (
     DiscreteSolverBase,

@@ -1,15 +1,15 @@
-"""Step bookkeeping of the solver schedulers: the kernel's sync-free step index.
+"""Step bookkeeping of the solver schedulers: the shared sync-free step index.
 
 Diffusers' rule: the first call to ``step`` (or ``scale_model_input``) finds its timestep in
 ``timesteps`` (the second match if it occurs twice, so image-to-image that starts mid-schedule
 does not skip a sigma); later calls just advance ``step_index``; ``set_begin_index`` skips the
-search.  The mechanism lives in :mod:`kernel.sigma_schedulers`; this module keeps the names the
+search.  The mechanism lives in :mod:`kernel_sched_common.step_index`; this module keeps the names the
 solver plugins have always imported.
 """
 
 from __future__ import annotations
 
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES, MirroredTimestepsMixin, position_in
+from kernel_sched_common import KARRAS_COMPATIBLES, MirroredTimestepsMixin, position_in
 
 _position_in = position_in
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import diffusers
-from kernel.testing import add_noise_parity, run_meta_loop, scheduler_parity
+from kernel_contracts.testing import add_noise_parity, run_meta_loop, scheduler_parity
 from kernel_sched_dpmsolver import (
     DPMSolverMultistepInverseScheduler,
     DPMSolverMultistepScheduler,

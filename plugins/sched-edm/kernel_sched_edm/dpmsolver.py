@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import SchedulerOutput, randn_tensor, threshold_sample, validate_num_inference_steps
+from kernel.scheduling import SchedulerOutput, randn_tensor
+from kernel_sched_common import threshold_sample, validate_num_inference_steps
 from kernel_sched_dpmsolver.discrete import check_solver_order, resolve_alias
 from kernel_sched_dpmsolver.multistep import SOLVER_ALIASES
 from kernel_sched_dpmsolver.solver_math import SOLVER_TYPES, multistep_order, multistep_update, ve_alpha_sigma

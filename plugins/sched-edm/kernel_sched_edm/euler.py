@@ -6,7 +6,8 @@ import logging
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import SchedulerOutputWithX0, randn_tensor, validate_num_inference_steps
+from kernel.scheduling import SchedulerOutputWithX0, randn_tensor
+from kernel_sched_common import validate_num_inference_steps
 
 from .preconditioning import EDMPreconditioning
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from kernel.scheduling import SchedulerMixin, broadcast_to, check_choice
-from kernel.sigma_schedulers import MirroredTimestepsMixin
+from kernel.scheduling import SchedulerMixin
+from kernel_sched_common import MirroredTimestepsMixin, broadcast_to, check_choice
 
 SIGMA_SCHEDULES = ("karras", "exponential")
 

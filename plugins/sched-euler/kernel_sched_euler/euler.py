@@ -15,14 +15,15 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import (
-    SchedulerOutputWithX0,
+from kernel.scheduling import SchedulerOutputWithX0, randn_tensor
+from kernel_sched_common import (
+    KARRAS_COMPATIBLES,
+    SigmaScheduler,
+    as_host_array,
     check_choice,
     check_sigma_options,
-    randn_tensor,
     sigma_to_t,
 )
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES, SigmaScheduler, as_host_array
 
 
 def _reject_integer_timestep(timestep: Any, where: str) -> None:

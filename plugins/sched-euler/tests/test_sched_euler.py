@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernel.testing import add_noise_parity, scheduler_parity
+from kernel_contracts.testing import add_noise_parity, scheduler_parity
 from kernel_sched_euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
 PAIRS = {

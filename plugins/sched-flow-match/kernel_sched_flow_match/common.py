@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kernel.scheduling import SchedulerMixin
-from kernel.sigma_schedulers import StepIndexMixin
+from kernel_sched_common import StepIndexMixin
 
 
 def calculate_shift(

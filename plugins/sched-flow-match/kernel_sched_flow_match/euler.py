@@ -21,13 +21,13 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import (
+from kernel.scheduling import randn_tensor
+from kernel_sched_common import (
     beta_sigmas,
     check_choice,
     check_sigma_options,
     exponential_sigmas,
     karras_sigmas,
-    randn_tensor,
     validate_num_inference_steps,
 )
 from kernel_sched_flow_match.common import (

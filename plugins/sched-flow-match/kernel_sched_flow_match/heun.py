@@ -18,7 +18,8 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import randn_tensor, validate_num_inference_steps
+from kernel.scheduling import randn_tensor
+from kernel_sched_common import validate_num_inference_steps
 from kernel_sched_flow_match.common import FlowMatchSchedulerBase, reject_integer_timestep, shift_sigmas
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffusers
-from kernel.testing import scheduler_parity
+from kernel_contracts.testing import scheduler_parity
 from kernel_sched_flow_match import (
     FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler,

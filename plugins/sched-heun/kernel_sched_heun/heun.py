@@ -12,7 +12,7 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.scheduling import SchedulerOutputWithX0
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES, SigmaScheduler
+from kernel_sched_common import KARRAS_COMPATIBLES, SigmaScheduler
 
 
 class HeunDiscreteScheduler(SigmaScheduler):

@@ -6,7 +6,7 @@ import diffusers
 import pytest
 import torch
 
-from kernel.testing import add_noise_parity, scheduler_parity
+from kernel_contracts.testing import add_noise_parity, scheduler_parity
 from kernel_sched_heun import HeunDiscreteScheduler
 
 Ref = diffusers.HeunDiscreteScheduler

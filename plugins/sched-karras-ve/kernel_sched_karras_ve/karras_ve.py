@@ -26,7 +26,8 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import SchedulerMixin, randn_tensor, validate_num_inference_steps
+from kernel.scheduling import SchedulerMixin, randn_tensor
+from kernel_sched_common import BeginIndexMixin, validate_num_inference_steps
 
 
 @dataclasses.dataclass
@@ -38,8 +39,11 @@ class KarrasVeOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class KarrasVeScheduler(SchedulerMixin):
-    """Karras et al. 2022 stochastic sampler (VE); config keys as Diffusers'."""
+class KarrasVeScheduler(BeginIndexMixin, SchedulerMixin):
+    """Karras et al. 2022 stochastic sampler (VE); config keys as Diffusers'.
+
+    ``step`` takes its noise levels as arguments, so ``set_begin_index`` is only stored.
+    """
 
     order = 2
 
@@ -68,6 +72,7 @@ class KarrasVeScheduler(SchedulerMixin):
         if n < 2:
             raise ValueError("KarrasVeScheduler needs num_inference_steps >= 2 (the ramp spans sigma_max to sigma_min)")
         self.num_inference_steps = n
+        self._begin_index = None
         self.timesteps = torch.from_numpy(np.arange(0, n)[::-1].copy()).to(device)
         cfg = self.config
         ratio = cfg.sigma_min**2 / cfg.sigma_max**2

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffusers.schedulers.deprecated import KarrasVeScheduler as RefScheduler
+from kernel_contracts.testing import assert_begin_index_stored
 from kernel_sched_karras_ve import KarrasVeScheduler
 
 SHAPE = (2, 3, 4, 4)
@@ -90,3 +91,8 @@ def test_no_host_device_sync_in_step():
             x = res.prev_sample
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_begin_index_is_recorded():
+    # step takes sigma_hat / sigma_prev itself, so the begin index is only recorded for the pipeline.
+    assert_begin_index_stored(KarrasVeScheduler(), 5)

@@ -15,13 +15,13 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.scheduling import SchedulerOutputWithX0, randn_tensor
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES, SigmaScheduler
+from kernel_sched_common import KARRAS_COMPATIBLES, SigmaScheduler
 
 
 def _midpoint_sigma_to_t(sigmas: torch.Tensor, log_sigmas: np.ndarray) -> torch.Tensor:
     """Fractional timesteps of the midpoint sigmas, by log-sigma interpolation in float32.
 
-    Same rule as :func:`kernel.scheduling.sigma_to_t`, but kept in float32 end to end because the
+    Same rule as :func:`kernel_sched_common.sigma_to_t`, but kept in float32 end to end because the
     midpoint timesteps are schedule entries that callers pass back to ``step``/``add_noise`` and
     must equal Diffusers' (which builds them with float32 tensors) bit for bit.
     """

@@ -19,14 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernel.scheduling import (
-    SchedulerMixin,
+from kernel.scheduling import SchedulerMixin
+from kernel_sched_common import (
+    AlphaTableMixin,
+    StepIndexMixin,
+    as_host_array,
     check_choice,
+    host_scalar,
     threshold_sample,
     validate_custom_schedule,
     validate_num_inference_steps,
 )
-from kernel.sigma_schedulers import AlphaTableMixin, StepIndexMixin, as_host_array, host_scalar
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
 from kernel.scheduling import randn_tensor
-from kernel.sigma_schedulers import split_prediction
+from kernel_sched_common import split_prediction
 from kernel_sched_lcm.consistency import ConsistencyScheduleMixin
 
 

@@ -21,14 +21,17 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import (
-    SchedulerMixin,
-    SchedulerOutput,
+from kernel.scheduling import SchedulerMixin, SchedulerOutput
+from kernel_sched_common import (
+    KARRAS_COMPATIBLES,
+    AlphaTableMixin,
+    BeginIndexMixin,
+    check_begin_index,
     check_choice,
+    host_scalar,
     spaced_timesteps,
     validate_num_inference_steps,
 )
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES, AlphaTableMixin, host_scalar
 
 #: Adams-Bashforth weights (newest estimate first) and their common denominator, by order.
 _ADAMS_BASHFORTH = {
@@ -53,13 +56,15 @@ def adams_bashforth(history: Sequence[torch.Tensor]) -> torch.Tensor:
     return total / denominator
 
 
-class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
+class PNDMScheduler(BeginIndexMixin, AlphaTableMixin, SchedulerMixin):
     """PRK warm-up followed by PLMS steps (or PLMS only with ``skip_prk_steps``).
 
     ``step`` keeps its own counter; the timesteps must be stepped in order, one model evaluation per
-    entry of ``timesteps`` (the PRK part repeats the midpoints).  A timestep given as a Python number
-    or CPU tensor is used as is; one on an accelerator is read from the host copy of the schedule at
-    the current counter, so the loop never synchronises.
+    entry of ``timesteps`` (the PRK part repeats the midpoints).  The position in the schedule is
+    ``begin_index + counter`` (``set_begin_index`` for a loop that starts mid-schedule): it decides
+    the warm-up stage and, for a timestep on an accelerator, which entry of the host copy of the
+    schedule it is, so the loop never synchronises.  A timestep given as a Python number or CPU
+    tensor is used as is.
     """
 
     _compatibles = KARRAS_COMPATIBLES
@@ -96,6 +101,7 @@ class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
 
     def _reset_state(self) -> None:
         self.counter = 0
+        self._begin_index = None
         self.ets: list[torch.Tensor] = []
         self.cur_model_output: Any = 0
         self.cur_sample = None
@@ -134,16 +140,37 @@ class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
         """PNDM feeds the model the sample unchanged."""
         return sample
 
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the loop at ``timesteps[begin_index]``: the start of a step, not the middle of one.
+
+        Inside the Runge-Kutta warm-up a step is four entries; with ``skip_prk_steps`` the second
+        entry is the corrector of the first interval.
+        """
+        begin_index = check_begin_index(begin_index)
+        prk = len(self.prk_timesteps) if self.prk_timesteps is not None else 0
+        if (begin_index < prk and begin_index % 4) or (self.config.skip_prk_steps and begin_index == 1):
+            raise ValueError(
+                f"begin_index={begin_index} falls inside a step of PNDMScheduler's schedule; start at 0, at a "
+                f"multiple of 4 below {prk} (the Runge-Kutta warm-up) or at {max(prk, 2)} or later"
+            )
+        super().set_begin_index(begin_index)
+
+    @property
+    def _position(self) -> int:
+        """Where this call is in ``timesteps``."""
+        return (self._begin_index or 0) + self.counter
+
     def _timestep_value(self, timestep: Any) -> int:
         value = host_scalar(timestep)
         if value is None:
             # An accelerator tensor: the schedule entry for this call, read from the host copy.
-            if self.counter >= len(self._schedule_host):
+            position = self._position
+            if position >= len(self._schedule_host):
                 raise ValueError(
-                    f"step called {self.counter + 1} times on a schedule of {len(self._schedule_host)} timesteps; "
+                    f"step called at position {position} of a schedule of {len(self._schedule_host)} timesteps; "
                     "call set_timesteps again"
                 )
-            value = self._schedule_host[self.counter]
+            value = self._schedule_host[position]
         return int(value)
 
     def _stride(self) -> int:
@@ -159,7 +186,7 @@ class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
     ) -> SchedulerOutput | tuple:
         """One PRK or PLMS step, depending on how far the loop has got."""
         self._require_timesteps()
-        if not self.config.skip_prk_steps and self.counter < len(self.prk_timesteps):
+        if not self.config.skip_prk_steps and self._position < len(self.prk_timesteps):
             return self.step_prk(model_output, timestep, sample, return_dict=return_dict)
         return self.step_plms(model_output, timestep, sample, return_dict=return_dict)
 
@@ -172,10 +199,11 @@ class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
     ) -> SchedulerOutput | tuple:
         """Pseudo Runge-Kutta: one of the four evaluations of the current interval."""
         self._require_timesteps()
-        stage = self.counter % 4
+        position = self._position
+        stage = position % 4
         # Stages 0 and 2 target the midpoint, stages 1 and 3 the end of the interval.
-        target = self._timestep_value(timestep) - (0 if self.counter % 2 else self._stride() // 2)
-        start = int(self.prk_timesteps[self.counter - stage])
+        target = self._timestep_value(timestep) - (0 if position % 2 else self._stride() // 2)
+        start = int(self.prk_timesteps[position - stage])
         if stage == 0:
             self.cur_model_output = self.cur_model_output + 1 / 6 * model_output
             self.ets.append(model_output)
@@ -199,14 +227,15 @@ class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
     ) -> SchedulerOutput | tuple:
         """Pseudo linear multistep with the Adams-Bashforth blend of past estimates."""
         self._require_timesteps()
-        if not self.config.skip_prk_steps and len(self.ets) < 3:
+        position = self._position
+        if not self.config.skip_prk_steps and position < len(self.prk_timesteps):
             raise ValueError(
-                "step_plms needs the 12 Runge-Kutta warm-up steps first (or skip_prk_steps=True); "
-                "call step for every entry of scheduler.timesteps, in order"
+                f"step_plms called at position {position}, inside the 12 Runge-Kutta warm-up steps (or use "
+                "skip_prk_steps=True); call step for every entry of scheduler.timesteps, in order"
             )
         t = self._timestep_value(timestep)
         stride = self._stride()
-        if self.counter == 1:
+        if position == 1:
             # Corrector pass over the first interval: the timestep given is its end.
             start, target = t + stride, t
             estimate = (model_output + self.ets[-1]) / 2
@@ -215,7 +244,7 @@ class PNDMScheduler(AlphaTableMixin, SchedulerMixin):
             start, target = t, t - stride
             self.ets = self.ets[-3:] + [model_output]
             estimate = adams_bashforth(self.ets)
-            if len(self.ets) == 1 and self.counter == 0:
+            if len(self.ets) == 1 and position == 0:
                 self.cur_sample = sample
         prev_sample = self._transfer(sample, start, target, estimate)
         self.counter += 1

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernel.testing import add_noise_parity, scheduler_parity
+from kernel_contracts.testing import add_noise_parity, scheduler_parity
 from kernel_sched_pndm import IPNDMScheduler, PNDMScheduler
 
 SHAPE = (2, 2, 4, 4)
@@ -189,3 +189,66 @@ def test_cuda_loop_has_no_sync(name):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(x.cpu(), _loop(cls(**config), "cpu"), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------- image-to-image: begin index and add_noise
+def _exact_loop_from(s, k, x0, noise, prediction):
+    """Noise ``x0`` to ``timesteps[k]``, ``set_begin_index(k)`` and run the rest with the exact model output."""
+    from kernel_contracts import oracles
+
+    x = s.add_noise(x0, noise, s.timesteps[k].reshape(1).repeat(x0.shape[0]))
+    s.set_begin_index(k)
+    for t in s.timesteps[k:]:
+        x = s.step(oracles.exact_output(prediction, s.scale_model_input(x, t), x0, noise), t, x).prev_sample
+    return float((x - x0).pow(2).mean().sqrt() / noise.pow(2).mean().sqrt())
+
+
+@pytest.mark.parametrize("config,k", [({"skip_prk_steps": True}, 2), ({"skip_prk_steps": True}, 5), ({}, 4), ({}, 13)])
+def test_pndm_starts_at_its_begin_index(config, k):
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(SHAPE, generator=g) * 1.8 - 0.9, torch.randn(SHAPE, generator=g)
+    s = PNDMScheduler(set_alpha_to_one=True, **config)
+    s.set_timesteps(10)
+    # The warm-up stage and the predictor/corrector pair follow the schedule position begin_index + counter.
+    assert _exact_loop_from(s, k, x0, noise, "epsilon") < 1e-4
+    s.set_timesteps(10)
+    s.set_begin_index(k)
+    device_timestep = torch.empty((), device="meta")  # unreadable: taken from the host schedule at the position
+    assert s._timestep_value(device_timestep) == int(s.timesteps[k])
+    s.set_timesteps(10)
+    assert s.begin_index is None
+
+
+def test_pndm_refuses_a_begin_index_inside_a_step():
+    prk, plms = PNDMScheduler(), PNDMScheduler(skip_prk_steps=True)
+    for s in (prk, plms):
+        s.set_timesteps(10)
+    with pytest.raises(ValueError, match="begin_index=5 falls inside a step"):
+        prk.set_begin_index(5)  # second stage of a Runge-Kutta interval
+    with pytest.raises(ValueError, match="begin_index=1"):
+        plms.set_begin_index(1)  # the corrector of the first interval
+    with pytest.raises(ValueError, match="non-negative int"):
+        plms.set_begin_index(-2)
+    prk.set_begin_index(12)
+    assert prk.begin_index == 12
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_ipndm_add_noise_then_begin_index_returns_the_image(k):
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand(SHAPE, generator=g) * 1.8 - 0.9, torch.randn(SHAPE, generator=g)
+    s = IPNDMScheduler()
+    s.set_timesteps(10)
+    t = s.timesteps[k].reshape(1).repeat(SHAPE[0])
+    expected = s.alphas[k] * x0 + s.betas[k] * noise  # alpha^2 + beta^2 = 1 on the angular schedule
+    torch.testing.assert_close(s.add_noise(x0, noise, t), expected)
+    # The model is a v-prediction network (v-diffusion): the exact v brings the loop back to x0.
+    assert _exact_loop_from(s, k, x0, noise, "v_prediction") < 1e-4
+
+
+def test_ipndm_add_noise_names_an_unknown_timestep():
+    s = IPNDMScheduler()
+    s.set_timesteps(5)
+    with pytest.raises(ValueError, match="not one of the scheduler's timesteps"):
+        s.add_noise(torch.zeros(SHAPE), torch.zeros(SHAPE), torch.tensor([0.123, 0.123]))
+    assert "exact_model_convergence" in IPNDMScheduler._known_contract_failures

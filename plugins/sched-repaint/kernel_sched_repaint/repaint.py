@@ -18,8 +18,8 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import SchedulerMixin, make_betas, randn_tensor, validate_num_inference_steps
-from kernel.sigma_schedulers import host_int
+from kernel.scheduling import SchedulerMixin, randn_tensor
+from kernel_sched_common import BeginIndexMixin, host_int, make_betas, validate_num_inference_steps
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
@@ -48,8 +48,11 @@ def repaint_schedule(num_inference_steps: int, jump_length: int, jump_n_sample: 
     return seq
 
 
-class RePaintScheduler(SchedulerMixin):
-    """RePaint scheduler; config keys as Diffusers'."""
+class RePaintScheduler(BeginIndexMixin, SchedulerMixin):
+    """RePaint scheduler; config keys as Diffusers'.
+
+    Each step is located by its timestep value, so ``set_begin_index`` is only stored.
+    """
 
     order = 1
 
@@ -92,6 +95,7 @@ class RePaintScheduler(SchedulerMixin):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         n = min(self.config.num_train_timesteps, num_inference_steps)
         self.num_inference_steps = n
+        self._begin_index = None
         seq = np.array(repaint_schedule(n, jump_length, jump_n_sample)) * (self.config.num_train_timesteps // n)
         self.timesteps = torch.from_numpy(seq).to(device)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffusers
-from kernel.testing import fake_model_output
+from kernel_contracts.testing import assert_begin_index_stored, fake_model_output
 from kernel_sched_repaint import RePaintScheduler
 
 SHAPE = (2, 3, 4, 4)
@@ -106,3 +106,7 @@ def test_no_host_device_sync_in_step():
             t_last = t
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_begin_index_is_recorded():
+    assert_begin_index_stored(RePaintScheduler(), 10, jump_length=2, jump_n_sample=2)

@@ -21,7 +21,8 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import SchedulerMixin, SchedulerOutput, randn_tensor, validate_num_inference_steps
+from kernel.scheduling import SchedulerMixin, SchedulerOutput, randn_tensor
+from kernel_sched_common import BeginIndexMixin, validate_num_inference_steps
 
 
 @dataclasses.dataclass
@@ -37,10 +38,28 @@ def _per_item(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
 
 
-class ScoreSdeVeScheduler(SchedulerMixin):
+#: Why the generic scheduler loop (``step(model_output, t, sample)``) cannot drive a Score-SDE sampler.
+PREDICTOR_CORRECTOR_API = (
+    "predictor-corrector API (Song et al. 2021): step_pred/step_correct take the score and return (x, x_mean); "
+    "there is no step(), so the generic denoising loop cannot run"
+)
+#: The contracts a Score-SDE sampler cannot satisfy, with the reason (read by kernel_contracts).
+KNOWN_CONTRACT_FAILURES = {
+    name: PREDICTOR_CORRECTOR_API
+    for name in ("step_shape_dtype", "step_half_precision", "step_deterministic", "step_no_mutation", "begin_index",
+                 "config_round_trip", "save_load_round_trip", "exact_model_convergence")
+}
+
+
+class ScoreSdeVeScheduler(BeginIndexMixin, SchedulerMixin):
     """VE-SDE predictor-corrector sampler; config keys as Diffusers'."""
 
     order = 1
+    _known_contract_failures = {
+        **KNOWN_CONTRACT_FAILURES,
+        "add_noise": "add_noise takes integer rungs of the discrete sigma ladder (Diffusers' API), not the "
+        "continuous timesteps in (0, 1] that set_timesteps gives",
+    }
 
     @register_to_config
     def __init__(
@@ -70,6 +89,7 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         n = validate_num_inference_steps(num_inference_steps)
         eps = self.config.sampling_eps if sampling_eps is None else sampling_eps
         self.num_inference_steps = n
+        self._begin_index = None
         self.timesteps = torch.linspace(1, eps, n, device=device)
         self._timesteps_host = torch.linspace(1, eps, n).numpy()
 

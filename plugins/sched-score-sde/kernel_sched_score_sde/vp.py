@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import SchedulerMixin, randn_tensor, validate_num_inference_steps
+from kernel.scheduling import SchedulerMixin, randn_tensor
+from kernel_sched_common import BeginIndexMixin, validate_num_inference_steps
+from kernel_sched_score_sde.ve import KNOWN_CONTRACT_FAILURES
 
 
 def _per_item(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -20,10 +22,11 @@ def _per_item(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
 
 
-class ScoreSdeVpScheduler(SchedulerMixin):
+class ScoreSdeVpScheduler(BeginIndexMixin, SchedulerMixin):
     """VP-SDE reverse Euler-Maruyama sampler; config keys as Diffusers'."""
 
     order = 1
+    _known_contract_failures = KNOWN_CONTRACT_FAILURES
 
     @register_to_config
     def __init__(
@@ -44,6 +47,7 @@ class ScoreSdeVpScheduler(SchedulerMixin):
         """Continuous timesteps from 1 down to ``sampling_eps``."""
         n = validate_num_inference_steps(num_inference_steps)
         self.num_inference_steps = n
+        self._begin_index = None
         self.timesteps = torch.linspace(1, self.config.sampling_eps, n, device=device)
 
     def step_pred(self, score: torch.Tensor, x: torch.Tensor, t: torch.Tensor, generator=None):

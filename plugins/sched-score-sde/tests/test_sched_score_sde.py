@@ -7,6 +7,7 @@ import torch
 
 import diffusers
 from diffusers.schedulers.deprecated import ScoreSdeVpScheduler as RefVp
+from kernel_contracts.testing import assert_begin_index_stored
 from kernel_sched_score_sde import ScoreSdeVeScheduler, ScoreSdeVpScheduler
 
 SHAPE = (2, 3, 4, 4)
@@ -138,3 +139,11 @@ def test_no_host_device_sync_in_step():
             x, _ = vp.step_pred(0.1 * x, x, t * torch.ones(2, device="cuda"))
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("cls", [ScoreSdeVeScheduler, ScoreSdeVpScheduler])
+def test_begin_index_is_recorded_and_known_contract_failures_are_declared(cls):
+    assert_begin_index_stored(cls(), 10)
+    assert cls.component_kind == "scheduler"
+    # No step(): the generic loop's contracts are declared as known failures next to the class.
+    assert not hasattr(cls, "step") and "step_shape_dtype" in cls._known_contract_failures

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernel.testing import add_noise_parity, fake_model_output, scheduler_parity
+from kernel_contracts.testing import add_noise_parity, fake_model_output, scheduler_parity
 from kernel_sched_tcd import TCDScheduler, TCDSchedulerOutput
 
 SHAPE = (2, 2, 4, 4)

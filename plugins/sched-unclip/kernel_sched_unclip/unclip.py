@@ -18,15 +18,15 @@ import torch
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import (
-    SchedulerMixin,
+from kernel.scheduling import SchedulerMixin, randn_tensor
+from kernel_sched_common import (
+    BeginIndexMixin,
     betas_for_alpha_bar,
     broadcast_to,
     check_choice,
-    randn_tensor,
+    host_int,
     validate_num_inference_steps,
 )
-from kernel.sigma_schedulers import host_int
 
 VARIANCE_TYPES = ("fixed_small_log", "learned_range")
 PREDICTION_TYPES = ("epsilon", "sample")
@@ -40,8 +40,11 @@ class UnCLIPSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class UnCLIPScheduler(SchedulerMixin):
-    """DDPM with step skipping and unCLIP's variance options; config keys as Diffusers'."""
+class UnCLIPScheduler(BeginIndexMixin, SchedulerMixin):
+    """DDPM with step skipping and unCLIP's variance options; config keys as Diffusers'.
+
+    Each step is given its timestep (and previous timestep), so ``set_begin_index`` is only stored.
+    """
 
     order = 1
 
@@ -77,6 +80,7 @@ class UnCLIPScheduler(SchedulerMixin):
         if n < 2:
             raise ValueError("UnCLIPScheduler needs num_inference_steps >= 2 (the schedule spans N-1 down to 0)")
         self.num_inference_steps = n
+        self._begin_index = None
         ratio = (N - 1) / (n - 1)
         steps = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64)
         self.timesteps = torch.from_numpy(steps).to(device)

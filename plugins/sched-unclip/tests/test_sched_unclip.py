@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffusers
-from kernel.testing import add_noise_parity, fake_model_output
+from kernel_contracts.testing import add_noise_parity, assert_begin_index_stored, fake_model_output
 from kernel_sched_unclip import UnCLIPScheduler
 
 SHAPE = (2, 3, 4, 4)
@@ -102,3 +102,16 @@ def test_no_host_device_sync_in_step():
             x = sched.step(0.1 * x, t, x, prev_timestep=prev).prev_sample
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_begin_index_is_recorded_and_steps_take_their_timesteps():
+    assert_begin_index_stored(UnCLIPScheduler(), 6)
+    plain, started = UnCLIPScheduler(), UnCLIPScheduler()
+    for s in (plain, started):
+        s.set_timesteps(6)
+    started.set_begin_index(3)
+    x, out = torch.randn(SHAPE), torch.randn(SHAPE)
+    t, prev = plain.timesteps[3], plain.timesteps[4]
+    a = plain.step(out, t, x, prev_timestep=prev, generator=torch.Generator().manual_seed(0)).prev_sample
+    b = started.step(out, t, x, prev_timestep=prev, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert torch.equal(a, b)

@@ -17,14 +17,8 @@ import numpy as np
 import torch
 
 from kernel.config import register_to_config
-from kernel.scheduling import (
-    SchedulerMixin,
-    SchedulerOutput,
-    check_choice,
-    validate_custom_schedule,
-    validate_num_inference_steps,
-)
-from kernel.sigma_schedulers import KARRAS_COMPATIBLES
+from kernel.scheduling import SchedulerMixin, SchedulerOutput
+from kernel_sched_common import KARRAS_COMPATIBLES, check_choice, validate_custom_schedule, validate_num_inference_steps
 from kernel_sched_dpmsolver.discrete import (
     DiscreteSolverBase,
     check_solver_order,

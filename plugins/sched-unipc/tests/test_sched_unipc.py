@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import diffusers
-from kernel.testing import add_noise_parity, assert_matches_reference_api, run_meta_loop, scheduler_parity
+from kernel_contracts.testing import add_noise_parity, assert_matches_reference_api, run_meta_loop, scheduler_parity
 from kernel_sched_unipc import UniPCMultistepScheduler
 
 SHAPE = (2, 3, 4, 4)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from kernel.config import register_to_config
 from kernel.outputs import BaseOutput
-from kernel.scheduling import SchedulerMixin, validate_num_inference_steps
-from kernel.sigma_schedulers import host_int
+from kernel.scheduling import SchedulerMixin
+from kernel_sched_common import BeginIndexMixin, host_int, validate_num_inference_steps
 
 
 @dataclasses.dataclass
@@ -73,10 +73,18 @@ def gamma_schedules(
     return step, np.concatenate((padded[1:], [0]))
 
 
-class VQDiffusionScheduler(SchedulerMixin):
+class VQDiffusionScheduler(BeginIndexMixin, SchedulerMixin):
     """VQ-Diffusion sampler over discrete latent tokens; config keys as Diffusers'."""
 
     order = 1
+    #: None of the Gaussian-noise scheduler contracts describe a categorical sampler (read by kernel_contracts).
+    _known_contract_failures = {
+        name: "categorical (VQ-Diffusion) scheduler: samples are token indices and model outputs "
+        "log-probabilities, none of the Gaussian-noise contracts describe it"
+        for name in ("timestep_count", "timestep_range", "timestep_order", "step_shape_dtype", "begin_index",
+                     "step_half_precision", "step_deterministic", "step_no_mutation", "add_noise",
+                     "config_round_trip", "save_load_round_trip", "exact_model_convergence")
+    }
 
     @register_to_config
     def __init__(
@@ -113,6 +121,7 @@ class VQDiffusionScheduler(SchedulerMixin):
         """Timesteps ``n-1, ..., 0`` (the model is trained for one reverse step per timestep)."""
         n = validate_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
         self.num_inference_steps = n
+        self._begin_index = None
         self.timesteps = torch.from_numpy(np.arange(0, n)[::-1].copy()).to(device)
         for name in self._TABLES:
             setattr(self, name, getattr(self, name).to(device))

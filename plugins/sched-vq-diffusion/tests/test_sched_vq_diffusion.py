@@ -8,6 +8,7 @@ import torch
 
 import diffusers
 from diffusers.schedulers import scheduling_vq_diffusion as ref_module
+from kernel_contracts.testing import assert_begin_index_stored
 from kernel_sched_vq_diffusion import (
     VQDiffusionScheduler,
     alpha_schedules,
@@ -91,3 +92,7 @@ def test_no_host_device_sync_in_step():
             x = sched.step(log_p, t, x).prev_sample
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_begin_index_is_recorded():
+    assert_begin_index_stored(VQDiffusionScheduler(num_vec_classes=8), 10)

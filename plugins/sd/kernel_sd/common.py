@@ -38,7 +38,6 @@ __all__ = [
     "check_denoising_window",
     "check_embeds",
     "check_generators",
-    "check_image_mask_sizes",
     "check_size",
     "check_steps_left",
     "check_strength",
@@ -69,25 +68,3 @@ def check_embeds(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
                 f"negative_prompt has {len(negative_prompt)} entries but the prompt batch size is {batch}; "
                 "give one negative_prompt per prompt or a single str"
             )
-
-
-def check_image_mask_sizes(image: Any, mask_image: Any) -> None:
-    """``mask_image`` must cover the same pixels as ``image`` (PIL sizes or tensor/array spatial sizes)."""
-    def size_of(x):
-        if isinstance(x, list):
-            x = x[0] if x else None
-        if x is None:
-            return None
-        if hasattr(x, "size") and not callable(x.size):
-            return tuple(x.size)[::-1]  # PIL: (w, h) -> (h, w)
-        if isinstance(x, torch.Tensor):
-            if x.ndim == 4 and x.shape[1] == 4:
-                return None  # latents
-            return tuple(x.shape[-2:])
-        if hasattr(x, "shape"):
-            return tuple(x.shape[-3:-1]) if x.ndim >= 3 and x.shape[-1] in (1, 3, 4) else tuple(x.shape[-2:])
-        return None
-
-    a, b = size_of(image), size_of(mask_image)
-    if a is not None and b is not None and a != b:
-        raise ValueError(f"mask_image size {b} (height, width) must equal image size {a}")

@@ -6,7 +6,9 @@ import logging
 
 import torch
 
-from kernel.pipeline import Pipeline
+from kernel.engine import Conditioning
+from kernel.pipeline import DiffusionPipeline
+from kernel.tasks import NoGuidance
 
 from kernel_sd.common import check_generators, randn_tensor
 from kernel_sd.outputs import ImagePipelineOutput
@@ -16,7 +18,7 @@ logger = logging.getLogger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
-class _UnconditionalBase(Pipeline):
+class _UnconditionalBase(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet, scheduler) -> None:
@@ -37,6 +39,14 @@ class _UnconditionalBase(Pipeline):
         shape = (batch_size, self.unet.config.in_channels, *spatial)
         return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
 
+    def _evaluate(self, model_input, timestep, cond, **kwargs):
+        return self.unet(model_input, timestep, **kwargs).sample
+
+    def _run(self, image: torch.Tensor, num_inference_steps: int, step_kwargs: dict) -> torch.Tensor:
+        self.scheduler.set_timesteps(num_inference_steps)
+        return self.denoise(image, self.scheduler.timesteps, num_inference_steps, Conditioning({}), NoGuidance(),
+                            step_kwargs=step_kwargs)
+
     def _finish(self, image: torch.Tensor, output_type: str, return_dict: bool):
         image = (image / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
@@ -56,10 +66,7 @@ class DDPMPipeline(_UnconditionalBase):
     def __call__(self, batch_size: int = 1, generator=None, num_inference_steps: int = 1000,
                  output_type: str = "pil", return_dict: bool = True):
         image = self._start(batch_size, generator, output_type)
-        self.scheduler.set_timesteps(num_inference_steps)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_output = self.unet(image, t).sample
-            image = self.scheduler.step(model_output, t, image, generator=generator).prev_sample
+        image = self._run(image, num_inference_steps, {"generator": generator})
         return self._finish(image, output_type, return_dict)
 
 
@@ -80,9 +87,6 @@ class DDIMPipeline(_UnconditionalBase):
         if not 0.0 <= eta <= 1.0:
             logger.warning("eta=%s is outside [0, 1] (0 is DDIM, 1 is DDPM-like)", eta)
         image = self._start(batch_size, generator, output_type)
-        self.scheduler.set_timesteps(num_inference_steps)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_output = self.unet(image, t).sample
-            image = self.scheduler.step(model_output, t, image, eta=eta, use_clipped_model_output=use_clipped_model_output,
-                                        generator=generator).prev_sample
+        image = self._run(image, num_inference_steps, {"eta": eta, "use_clipped_model_output": use_clipped_model_output,
+                                                      "generator": generator})
         return self._finish(image, output_type, return_dict)

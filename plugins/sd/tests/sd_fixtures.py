@@ -12,7 +12,7 @@ import torch
 
 import diffusers
 from kernel.registry import get_registry
-from kernel.testing import box_mask, random_image
+from kernel_contracts.testing import box_mask, random_image
 from kernel_clip.testing import tiny_clip_text_model, tiny_clip_tokenizer
 
 SD_UNET = dict(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,

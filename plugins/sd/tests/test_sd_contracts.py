@@ -71,6 +71,27 @@ def sdxl_inpaint():
     return kernel.component("StableDiffusionXLInpaintPipeline")(**_parts(xl=True))
 
 
+def _pag(name: str, xl: bool = False):
+    def build():
+        return kernel.component(name)(**_parts(xl=xl), pag_applied_layers=["mid", "up"])
+    build.__name__ = name
+    return build
+
+
+PAG_PIPELINES = {
+    "StableDiffusionPAGPipeline": (False, "text"),
+    "StableDiffusionPAGImg2ImgPipeline": (False, "image"),
+    "StableDiffusionPAGInpaintPipeline": (False, "inpaint"),
+    "StableDiffusionXLPAGPipeline": (True, "text"),
+    "StableDiffusionXLPAGImg2ImgPipeline": (True, "image"),
+    "StableDiffusionXLPAGInpaintPipeline": (True, "inpaint"),
+}
+CONTRACT_COVERS = ["StableDiffusionPAGPipeline", "StableDiffusionPAGImg2ImgPipeline", "StableDiffusionPAGInpaintPipeline",
+                   "StableDiffusionXLPAGPipeline", "StableDiffusionXLPAGImg2ImgPipeline",
+                   "StableDiffusionXLPAGInpaintPipeline"]
+assert set(CONTRACT_COVERS) == set(PAG_PIPELINES)
+
+
 def auto_text2image():
     pipe = kernel.component("AutoPipelineForText2Image").from_pipe(sdxl_inpaint())
     assert type(pipe).__name__ == "StableDiffusionXLPipeline"
@@ -153,6 +174,13 @@ class TestAutoPipelineForInpaintingContracts(PipelineContract):
     component = auto_inpaint
     contract_options = {"name": "AutoPipelineForInpainting(StableDiffusionXLImg2ImgPipeline)"}
     contract_inputs = staticmethod(inpaint_inputs)
+
+
+_INPUTS = {"text": text_inputs, "image": image_inputs, "inpaint": inpaint_inputs}
+for _name, (_xl, _task) in PAG_PIPELINES.items():
+    globals()[f"Test{_name}Contracts"] = type(f"Test{_name}Contracts", (PipelineContract,), {
+        "component": staticmethod(_pag(_name, _xl)), "contract_inputs": staticmethod(_INPUTS[_task]),
+        "__module__": __name__})
 
 
 # ------------------------------------------------------------------ unconditional (UNet2DModel)

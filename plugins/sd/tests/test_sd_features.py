@@ -90,7 +90,7 @@ def test_strength_too_small(sd_img2img, sd_inpaint):
 
 
 def test_inpaint_bad_input(sd_inpaint):
-    with pytest.raises(ValueError, match="mask_image size"):
+    with pytest.raises(ValueError, match="mask_image is 32x48"):
         sd_inpaint(prompt="a", image=fx.image(32, 32), mask_image=fx.mask(48, 32), height=32, width=32)
     with pytest.raises(ValueError, match="mask_image"):
         sd_inpaint(prompt="a", image=fx.image(), height=32, width=32)
@@ -280,3 +280,61 @@ def test_long_prompt_and_emphasis_in_pipelines():
     ours.set_prompt_options(emphasis=True)
     fx.assert_images_close(ours(prompt=LONG, generator=fx.gen(0), **kw).images,
                            d(generator=fx.gen(0), **dict(zip(names, embeds)), **kw).images)
+
+
+# ---------------------------------------------------------------------------- found by trying it as a user
+def test_inpaint_takes_numpy_image_and_mask(sd_inpaint):
+    """Arrays used to crash the size check ("'int' object is not iterable"); they give the PIL result."""
+    image, mask = fx.image(32, 32), fx.mask(32, 32)
+    as_pil = sd_inpaint(prompt="a", image=image, mask_image=mask, num_inference_steps=2, generator=fx.gen(0),
+                        output_type="np").images
+    as_np = sd_inpaint(prompt="a", image=np.asarray(image, dtype=np.float32)[None] / 255,
+                       mask_image=np.asarray(mask, dtype=np.float32)[None, :, :, None] / 255,
+                       num_inference_steps=2, generator=fx.gen(0), output_type="np").images
+    np.testing.assert_allclose(as_np, as_pil, atol=1e-5)
+    with pytest.raises(ValueError, match="mask_image is 32x48"):
+        sd_inpaint(prompt="a", image=np.zeros((32, 32, 3)), mask_image=np.zeros((32, 48)), num_inference_steps=2)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 3, 3), (2, 4, 16, 16), (1, 3, 16, 16)])
+def test_latents_of_the_wrong_shape_are_refused(sd, shape):
+    with pytest.raises(ValueError, match=r"latents must have shape \(1, 4, 16, 16\)"):
+        sd(prompt="a", height=32, width=32, latents=torch.zeros(shape), num_inference_steps=2)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_guidance_is_refused(sd, xl, value):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        sd(prompt="a", height=32, width=32, guidance_scale=value, num_inference_steps=2)
+    with pytest.raises(ValueError, match="guidance_rescale must be a finite number"):
+        xl(prompt="a", height=32, width=32, guidance_rescale=value, num_inference_steps=2)
+
+
+def test_family_mismatch_fails_at_load(tmp_path):
+    d, _ = fx.sd_components()
+    diffusers.StableDiffusionPipeline(**d).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"holds a StableDiffusionPipeline \(stable-diffusion family\), which "
+                                         r"'sdxl'.*cannot run"):
+        kernel.load("sdxl", tmp_path)
+    assert type(kernel.load("sd", tmp_path)).__name__ == "StableDiffusionPipeline"
+    with pytest.raises(ValueError, match="device_map='balanced'.*not supported yet"):
+        kernel.load(tmp_path, device_map="balanced")
+
+
+def test_every_task_uses_the_one_loop(sd, sd_img2img, sd_inpaint, monkeypatch):
+    """The kernel's Engine.denoise runs every task: a guider that records its steps sees them all."""
+    from kernel.engine import Engine
+
+    seen = []
+    original = Engine.denoise
+
+    def spy(self, latents, timesteps, *args, **kwargs):
+        seen.append((type(self).__name__, len(timesteps)))
+        return original(self, latents, timesteps, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "denoise", spy)
+    sd(prompt="a", height=32, width=32, num_inference_steps=2)
+    sd_img2img(prompt="a", image=fx.image(), num_inference_steps=4, strength=0.5)
+    sd_inpaint(prompt="a", image=fx.image(), mask_image=fx.mask(), num_inference_steps=2)
+    assert seen == [("StableDiffusionPipeline", 2), ("StableDiffusionImg2ImgPipeline", 2),
+                    ("StableDiffusionInpaintPipeline", 2)]

@@ -3,6 +3,8 @@
 from kernel_sd3.pipelines import (
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3InpaintPipeline,
+    StableDiffusion3PAGImg2ImgPipeline,
+    StableDiffusion3PAGPipeline,
     StableDiffusion3Pipeline,
     StableDiffusion3PipelineOutput,
 )
@@ -13,6 +15,8 @@ __all__ = [
     "SD3Transformer2DModel",
     "StableDiffusion3Img2ImgPipeline",
     "StableDiffusion3InpaintPipeline",
+    "StableDiffusion3PAGImg2ImgPipeline",
+    "StableDiffusion3PAGPipeline",
     "StableDiffusion3Pipeline",
     "StableDiffusion3PipelineOutput",
 ]

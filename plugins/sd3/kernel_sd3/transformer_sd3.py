@@ -19,12 +19,14 @@ from torch import nn
 
 from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
-from kernel.nn.activations import FeedForward, chunked_feed_forward
-from kernel.nn.adaln import AdaLayerNormContinuous, AdaLayerNormZero, SD35AdaLayerNormZeroX, modulate
-from kernel.nn.attention import Attention
-from kernel.nn.dit_embeddings import CombinedTimestepTextProjEmbeddings, PatchEmbed
-from kernel.nn.joint_attention import JointAttentionSwitches, JointAttnProcessor
-from kernel.nn.transformer_2d import Transformer2DModelOutput
+from kernel_layers.activations import FeedForward, chunked_feed_forward
+from kernel_layers.attention import Attention
+from kernel_layers.dit_embeddings import CombinedTimestepTextProjEmbeddings, PatchEmbed
+from kernel_layers.joint_attention import JointAttentionSwitches
+from kernel_layers.normalization import AdaLayerNormContinuous, AdaLayerNormZero, modulate
+from kernel_layers.transformer_2d import Transformer2DModelOutput
+
+from kernel_sd3.layers import JointAttnProcessor, SD35AdaLayerNormZeroX
 
 
 def unpatchify(tokens: torch.Tensor, rows: int, cols: int, patch: int, channels: int) -> torch.Tensor:
@@ -108,6 +110,7 @@ class SD3Transformer2DModel(JointAttentionSwitches, ModelMixin):
     """SD3 / SD3.5 MMDiT.  ``forward(hidden_states (B,C,H,W), encoder_hidden_states (B,S,joint_attention_dim),
     pooled_projections (B,pooled_projection_dim), timestep (B,))`` -> ``sample (B, out_channels, H, W)``."""
 
+    component_kind = "denoiser"
     _supports_gradient_checkpointing = True
     _no_split_modules = ["JointTransformerBlock"]
     _attn_processor_cls = JointAttnProcessor

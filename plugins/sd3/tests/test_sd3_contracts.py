@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import kernel
-from kernel.testing import box_mask, random_image
 from kernel_clip.testing import tiny_clip_text_model, tiny_clip_tokenizer
 from kernel_contracts import DenoiserContract, PipelineContract
+from kernel_contracts.testing import box_mask, random_image
 from kernel_t5.testing import tiny_t5_encoder, tiny_t5_tokenizer
 
 TINY = dict(sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
@@ -117,3 +117,21 @@ class TestStableDiffusion3Img2ImgPipelineContracts(PipelineContract):
 class TestStableDiffusion3InpaintPipelineContracts(PipelineContract):
     component = sd3_inpaint
     contract_inputs = staticmethod(inpaint_inputs)
+
+
+def sd3_pag():
+    return kernel.component("StableDiffusion3PAGPipeline")(**_parts(), pag_applied_layers="blocks.0")
+
+
+def sd3_pag_img2img():
+    return kernel.component("StableDiffusion3PAGImg2ImgPipeline")(**_parts(), pag_applied_layers="blocks.0")
+
+
+class TestStableDiffusion3PAGPipelineContracts(PipelineContract):
+    component = sd3_pag
+    contract_inputs = staticmethod(text_inputs)
+
+
+class TestStableDiffusion3PAGImg2ImgPipelineContracts(PipelineContract):
+    component = sd3_pag_img2img
+    contract_inputs = staticmethod(image_inputs)

@@ -127,6 +127,8 @@ class T5PromptConditioner:
     returns ``(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)``.
     """
 
+    component_kind = "conditioner"
+
     def __init__(self, tokenizer, text_encoder, max_sequence_length: int = 120, use_attention_mask: bool = True,
                  lowercase: bool = True) -> None:
         self.tokenizer = tokenizer

@@ -42,7 +42,7 @@ def load_component(folder: str | Path, index: dict, name: str, from_config: bool
 
 def noise_table(folder: str | Path) -> tuple[torch.Tensor, dict]:
     """``alphas_cumprod`` of the folder's scheduler config (the forward process used in training)."""
-    from kernel.scheduling import make_betas, rescale_zero_terminal_snr
+    from kernel_sched_common import make_betas, rescale_zero_terminal_snr
 
     config = json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
     betas = make_betas(config.get("num_train_timesteps", 1000), config.get("beta_start", 0.0001),

@@ -2,7 +2,7 @@
 
 Down stages return ``(hidden_states, skip_states)``; up stages consume those skips (newest first)
 by channel concatenation.  Cross-attention stages interleave each ResNet with a spatial
-transformer (:class:`kernel.nn.transformer_2d.Transformer2DModel`); ``Attn*`` stages use single
+transformer (:class:`kernel_layers.transformer_2d.Transformer2DModel`); ``Attn*`` stages use single
 self-attention layers (DDPM).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernel.nn.blocks_2d import (
+from kernel_layers.blocks_2d import (
     DownEncoderBlock2D,
     UNetMidBlock2D,
     UpDecoderBlock2D,
@@ -21,9 +21,9 @@ from kernel.nn.blocks_2d import (
     run_checkpointed,
     spatial_self_attention,
 )
-from kernel.nn.resnet import ResnetBlock2D
-from kernel.nn.sampling import Downsample2D, Upsample2D
-from kernel.nn.transformer_2d import Transformer2DModel
+from kernel_layers.resnet import ResnetBlock2D
+from kernel_layers.sampling import Downsample2D, Upsample2D
+from kernel_layers.transformer_2d import Transformer2DModel
 
 DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D", "AttnDownBlock2D", "DownEncoderBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D", "AttnUpBlock2D", "UpDecoderBlock2D")

@@ -9,10 +9,10 @@ from torch import nn
 
 from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
-from kernel.nn.attention import AttentionMixin
-from kernel.nn.blocks_2d import UNetMidBlock2D
-from kernel.nn.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
 from kernel.outputs import BaseOutput
+from kernel_layers.attention import AttentionMixin
+from kernel_layers.blocks_2d import UNetMidBlock2D
+from kernel_layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
 
 from kernel_unet.blocks import get_down_block, get_up_block
 from kernel_unet.unet_2d_condition import broadcast_timesteps
@@ -32,6 +32,7 @@ class UNet2DModel(ModelMixin, AttentionMixin):
     features of ``log t``; the output is divided by ``t``, score-model style) or ``"learned"``.
     """
 
+    component_kind = "denoiser"
     _supports_gradient_checkpointing = True
     _no_split_modules = ["ResnetBlock2D", "AttnDownBlock2D", "AttnUpBlock2D"]
 

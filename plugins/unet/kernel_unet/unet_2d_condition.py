@@ -19,9 +19,10 @@ from torch import nn
 
 from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
-from kernel.nn.activations import get_activation
-from kernel.nn.attention import AttentionMixin
-from kernel.nn.embeddings import (
+from kernel.outputs import BaseOutput
+from kernel_layers.activations import get_activation
+from kernel_layers.attention import AttentionMixin
+from kernel_layers.embeddings import (
     GaussianFourierProjection,
     ImageHintTimeEmbedding,
     ImageProjection,
@@ -31,8 +32,7 @@ from kernel.nn.embeddings import (
     TimestepEmbedding,
     Timesteps,
 )
-from kernel.nn.transformer_2d import mask_to_bias
-from kernel.outputs import BaseOutput
+from kernel_layers.transformer_2d import mask_to_bias
 
 from kernel_unet.blocks import MID_BLOCK_TYPES, UNetMidBlock2D, UNetMidBlock2DCrossAttn, get_down_block, get_up_block
 
@@ -69,6 +69,7 @@ def _as_list(value, n: int, name: str) -> list:
 class UNet2DConditionModel(ModelMixin, AttentionMixin):
     """Conditional 2-D UNet with Diffusers' config keys (see the module docstring)."""
 
+    component_kind = "denoiser"
     _supports_gradient_checkpointing = True
     _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
     _repeated_blocks = ["BasicTransformerBlock"]

@@ -132,7 +132,7 @@ def test_encoder_attention_mask_and_cross_attention_kwargs():
 @pytest.mark.parametrize("switch", ["sliced_auto", "sliced_max", "sliced_2", "math", "fused", "chunk0", "chunk1",
                                     "global_sliced"])
 def test_attention_backends_and_switches_keep_outputs(switch):
-    from kernel.nn import attention_backend
+    from kernel_layers import attention_backend
 
     ref, ours = _pair("sdxl")
     x, ehs, kw = _inputs(CONFIGS["sdxl"], 2)
@@ -223,7 +223,7 @@ def test_save_load_both_ways(tmp_path):
 
 @torch.no_grad()
 def test_forward_matches_diffusers_with_every_conv_on_the_gemm_path(monkeypatch):
-    from kernel.nn.conv import Conv2d
+    from kernel_layers.conv import Conv2d
 
     ref, ours = _pair("sd1")
     x, ehs, kw = _inputs(CONFIGS["sd1"], 2)
