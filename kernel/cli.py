@@ -1,4 +1,5 @@
-"""The ``kernel`` command: ``kernel plugins``, ``kernel samplers``, ``kernel generate``.
+"""The ``kernel`` command: ``kernel plugins``, ``kernel samplers``, and the commands plugins add
+(``kernel generate`` comes from ``kernel-generate``) through the ``kernel_register_commands`` hook.
 
 ``kernel plugins`` and ``kernel samplers`` read package metadata and do not import torch
 (``samplers`` imports only the sampler catalogues).
@@ -54,12 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("samplers", help="list sampler names (A1111 style) usable with --sampler")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_samplers)
-    try:
-        from kernel.generate import add_generate_parser
-    except ImportError:  # pragma: no cover - generate lands with the embedded model
-        pass
-    else:
-        add_generate_parser(sub)
+    from kernel.registry import get_registry
+
+    get_registry().hook.kernel_register_commands(subparsers=sub)
     return parser
 
 

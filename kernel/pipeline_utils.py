@@ -1,9 +1,8 @@
 """Helpers every diffusion pipeline shares, whatever its denoiser (UNet or transformer).
 
-Schedules (custom timesteps/sigmas, image-to-image strength, refiner cut-offs), classifier-free
-guidance extras, VAE latents, and the argument checks that raise ``ValueError`` naming the argument.
-Family plugins import these; family-specific
-pieces (prompt encoders, pooled-embedding rules of one model, the denoising loop) stay there.
+Schedules (custom timesteps/sigmas, image-to-image strength, refiner cut-offs), VAE latents, and the
+argument checks that raise ``ValueError`` naming the argument.  The tasks (:mod:`kernel.tasks`) and
+the family plugins import these; family-specific rules (prompt encoders, pooled embeddings) stay there.
 """
 
 from __future__ import annotations
@@ -31,11 +30,9 @@ __all__ = [
     "cutoff_timestep",
     "effective_batch",
     "encode_latents",
-    "guidance_embedding",
     "is_open_fraction",
     "latents_of",
     "repeat_to_batch",
-    "rescale_noise_cfg",
     "spatial_size",
     "retrieve_timesteps",
     "step_kwargs",
@@ -148,29 +145,6 @@ def step_kwargs(scheduler, generator, eta: float) -> dict:
     if "generator" in accepted:
         out["generator"] = generator
     return out
-
-
-# ---------------------------------------------------------------------------- guidance
-def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor,
-                      guidance_rescale: float = 0.0) -> torch.Tensor:
-    """Guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
-    Flawed", section 3.4): match the guided prediction's std to the text prediction's, then blend."""
-    dims = list(range(1, noise_pred_text.ndim))
-    rescaled = noise_cfg * (noise_pred_text.std(dim=dims, keepdim=True) / noise_cfg.std(dim=dims, keepdim=True))
-    return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
-
-
-def guidance_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Sinusoidal embedding ``(N, embedding_dim)`` of the guidance scales ``w`` ``(N,)`` for guidance-distilled
-    denoisers (``time_cond_proj_dim``; Meng et al. 2023, "On Distillation of Guided Diffusion Models")."""
-    w = w * 1000.0
-    half = embedding_dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=dtype) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
-    angles = w.to(dtype)[:, None] * freqs[None, :]
-    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-    if embedding_dim % 2 == 1:
-        emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb
 
 
 # ---------------------------------------------------------------------------- VAE

@@ -56,8 +56,8 @@ class Scheduler(Configurable, Protocol):
     * ``set_begin_index(begin_index=0)`` tells the scheduler the loop starts at
       ``timesteps[begin_index]`` (image-to-image, inpainting; pipelines pass ``t_start * order``);
       the scheduler reports it as ``begin_index`` and its step position starts there, and the loop
-      from that index keeps shape and dtype.  Schedulers that locate each step by its timestep
-      value store it all the same;
+      from that index keeps shape and dtype.  An index inside a multi-stage step is refused with
+      ``ValueError``; schedulers that locate each step by its timestep value store it all the same;
     * ``add_noise(original_samples, noise, timesteps)`` (the forward process at ``timesteps``,
       one per batch item) keeps shape; at the least noisy timestep it is close to ``x0``.  A
       scheduler that cannot noise a sample raises ``ValueError`` (or ``NotImplementedError``,

@@ -29,9 +29,8 @@ import torch
 
 from kernel.engine import Conditioning, ExtraChannels
 from kernel.guidance import BaseGuidance, GuidancePass, GuidanceStep, check_scale
-from kernel.pipeline_utils import (batch_size_of, check_denoising_window, check_generators, check_inpaint_inputs,
-                                   check_output_type,
-                                   check_steps_left, check_strength, encode_latents, is_open_fraction,
+from kernel.pipeline_utils import (check_denoising_window, check_generators, check_inpaint_inputs, check_output_type,
+                                   check_steps_left, check_strength, effective_batch, encode_latents, is_open_fraction,
                                    repeat_to_batch, step_kwargs, strength_timesteps, truncate_for_denoising_end)
 from kernel.scheduling import randn_tensor
 
@@ -180,10 +179,7 @@ class TaskMixin:
         call.callback_on_step_end = getattr(call, "callback_on_step_end", None)
         call.callback_names = self._callback_names(call.callback_on_step_end,
                                                    getattr(call, "callback_on_step_end_tensor_inputs", ()))
-        n = getattr(call, "num_images_per_prompt", 1)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_images_per_prompt must be a positive int, got {n!r}")
-        call.batch = batch_size_of(call.prompt, call.prompt_embeds) * n
+        call.batch = effective_batch(call.prompt, call.prompt_embeds, getattr(call, "num_images_per_prompt", 1))
         check_generators(call.generator, call.batch)
         check_output_type(call.output_type)
         for name in ("guidance_scale", "guidance_rescale", "true_cfg_scale"):

@@ -118,13 +118,13 @@ def test_hooks_are_loaded_lazily(fake_plugin, use_registry, tmp_path):
     hook_module.write_text(
         "from kernel.hookspecs import hookimpl\n"
         "@hookimpl\n"
-        "def kernel_detect_family(keys, shapes):\n"
-        "    return 'tiny' if 'conv_in.weight' in keys else None\n"
+        "def kernel_check_fits(family, model_index):\n"
+        "    return None if 'unet' in model_index else 'tiny needs a unet'\n"
     )
     registry = use_registry([Entry("tinyhooks", "kernel.hooks", "kernel_fake_hooks_mod", "kernel-fake", "1")])
     assert "kernel_fake_hooks_mod" not in sys.modules
-    assert registry.hook.kernel_detect_family(keys=frozenset({"conv_in.weight"}), shapes={}) == "tiny"
-    assert registry.hook.kernel_detect_family(keys=frozenset({"x"}), shapes={}) is None
+    assert registry.hook.kernel_check_fits(family="tiny", model_index={"unet": ["x", "y"]}) == []
+    assert registry.hook.kernel_check_fits(family="tiny", model_index={}) == ["tiny needs a unet"]
     sys.modules.pop("kernel_fake_hooks_mod", None)
 
 

@@ -13,12 +13,25 @@ import torch
 
 from kernel.image_processor import VaeImageProcessor
 from kernel.pipeline import DiffusionPipeline
-from kernel.pipeline_utils import check_size, guidance_embedding
+from kernel.pipeline_utils import check_size
 from kernel_clip import PromptOptions
 
 from kernel_sd.common import check_embeds
 
 logger = logging.getLogger(__name__)
+
+
+def guidance_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sinusoidal embedding ``(N, embedding_dim)`` of the guidance scales ``w`` ``(N,)`` for guidance-distilled
+    denoisers (``time_cond_proj_dim``; Meng et al. 2023, "On Distillation of Guided Diffusion Models")."""
+    w = w * 1000.0
+    half = embedding_dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=dtype) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    angles = w.to(dtype)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if embedding_dim % 2 == 1:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
 
 
 class StableDiffusionBase(DiffusionPipeline):

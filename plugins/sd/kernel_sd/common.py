@@ -1,57 +1,10 @@
-"""Pieces every Stable Diffusion pipeline shares: schedules, guidance, VAE encoding, validation.
-
-The family-neutral helpers live in :mod:`kernel.pipeline_utils` and are re-exported here so
-``from kernel_sd.common import ...`` keeps working; the prompt and mask rules below are SD's own.
-"""
+"""Stable Diffusion's own prompt rule (the family-neutral checks live in :mod:`kernel.pipeline_utils`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from kernel.pipeline_utils import batch_size_of, check_prompts
 
-import torch
-
-from kernel.pipeline_utils import (
-    batch_size_of,
-    check_callback_inputs,
-    check_denoising_window,
-    check_generators,
-    check_prompts,
-    check_size,
-    check_steps_left,
-    check_strength,
-    cutoff_timestep,
-    encode_latents,
-    guidance_embedding,
-    latents_of,
-    rescale_noise_cfg,
-    retrieve_timesteps,
-    step_kwargs,
-    strength_timesteps,
-    truncate_for_denoising_end,
-)
-from kernel.pipeline_utils import is_open_fraction as _is_fraction  # noqa: F401 - kernel_sd.sdxl imports it
-from kernel.scheduling import randn_tensor
-
-__all__ = [
-    "batch_size_of",
-    "check_callback_inputs",
-    "check_denoising_window",
-    "check_embeds",
-    "check_generators",
-    "check_size",
-    "check_steps_left",
-    "check_strength",
-    "cutoff_timestep",
-    "encode_latents",
-    "guidance_embedding",
-    "latents_of",
-    "randn_tensor",
-    "rescale_noise_cfg",
-    "retrieve_timesteps",
-    "step_kwargs",
-    "strength_timesteps",
-    "truncate_for_denoising_end",
-]
+__all__ = ["check_embeds"]
 
 
 # ---------------------------------------------------------------------------- SD's own checks

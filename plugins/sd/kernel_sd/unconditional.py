@@ -10,7 +10,8 @@ from kernel.engine import Conditioning
 from kernel.pipeline import DiffusionPipeline
 from kernel.tasks import NoGuidance
 
-from kernel_sd.common import check_generators, randn_tensor
+from kernel.pipeline_utils import check_generators
+from kernel.scheduling import randn_tensor
 from kernel_sd.outputs import ImagePipelineOutput
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from kernel.cli import main
-from kernel.generate import format_infotext, parse_infotext, parse_size, resolve_model
+from kernel_generate.command import format_infotext, parse_infotext, parse_size, resolve_model
 
 PROMPT = "a blue star at the center on a black background"
 
