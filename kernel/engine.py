@@ -122,8 +122,7 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 class Engine:
     """The loop and the step-end callback rule; mixed into the pipeline base class."""
 
-    #: Extra keyword arguments the loop passes to ``scheduler.step`` when it takes them.
-    conditioning_hooks: list[ConditioningHook]
+    conditioning_hooks: list[ConditioningHook]  # per pipeline, see DiffusionPipeline.conditioning_hooks
 
     # ---------------------------------------------------------------- call state
     @property

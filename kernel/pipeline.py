@@ -25,6 +25,7 @@ import torch
 from kernel.config import ConfigMixin, read_json
 from kernel.engine import Engine
 from kernel.hub import is_local, resolve_file, resolve_folder, split_hub_kwargs
+from kernel.protocols import kind_of
 from kernel.tasks import TaskMixin
 
 logger = logging.getLogger(__name__)
@@ -73,10 +74,6 @@ def resolve_class(library: str | None, class_name: str | None, *, component: str
     import importlib
 
     return getattr(importlib.import_module(library), class_name)
-
-
-def _is_scheduler_class(cls: Any) -> bool:
-    return isinstance(cls, type) and hasattr(cls, "set_timesteps") and hasattr(cls, "step")
 
 
 class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
@@ -506,12 +503,10 @@ def _check_override(name: str, value: Any, library: str | None, class_name: str 
         expected = None
     if expected is None:
         return value
-    if _is_scheduler_class(expected):
-        from kernel.protocols import Scheduler
-
-        if not isinstance(value, Scheduler):
-            raise TypeError(f"component override {name}= must be a scheduler (set_timesteps/step/config), "
-                            f"got {type(value).__name__}")
+    if kind_of(expected) == "scheduler":
+        if kind_of(value) != "scheduler":
+            raise TypeError(f"component override {name}= must be a scheduler (a class declaring "
+                            f"component_kind = 'scheduler'), got {type(value).__name__}")
         return value
     if issubclass(expected, torch.nn.Module) and not isinstance(value, torch.nn.Module):
         raise TypeError(f"component override {name}= must be a torch.nn.Module like {class_name}, "
@@ -527,7 +522,7 @@ def _load_component(component_cls, folder: Path, name: str, library: str | None,
     sub = folder / name
     if not sub.is_dir():
         raise FileNotFoundError(f"model_index.json lists component {name!r} but {sub} does not exist")
-    if _is_scheduler_class(component_cls) or not hasattr(component_cls, "from_pretrained"):
+    if kind_of(component_cls) == "scheduler" or not hasattr(component_cls, "from_pretrained"):
         return component_cls.from_pretrained(folder, subfolder=name) if hasattr(component_cls, "from_pretrained") \
             else component_cls.from_config(read_json(sub / "config.json"))
     kwargs: dict[str, Any] = {}
