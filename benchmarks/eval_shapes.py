@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import kernel
-    from kernel.generate import DEFAULT_GUIDANCE, grid, resolve_model
+    from kernel_generate.command import DEFAULT_GUIDANCE, grid, resolve_model
     from kernel_shapes_model.evaluate import ATTRIBUTES, evaluate
 
     torch.set_grad_enabled(False)

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from kernel.generate import resolve_model
+    from kernel_generate.command import resolve_model
 
     _, folder = resolve_model(None)
     kernel_bin = str(Path(sys.executable).with_name("kernel"))

@@ -41,7 +41,7 @@ def test_model_folder_is_standard_and_small():
 def result(pipe):
     import torch
 
-    from kernel.generate import DEFAULT_GUIDANCE
+    from kernel_generate.command import DEFAULT_GUIDANCE
 
     with torch.no_grad():
         return evaluate(pipe, count=20, steps=20, guidance=DEFAULT_GUIDANCE, seed=0, batch_size=20)
