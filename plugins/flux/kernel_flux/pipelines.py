@@ -154,12 +154,13 @@ class FluxPipeline(DiffusionPipeline):
     def _encode(self, call: SimpleNamespace, negative: bool) -> Conditioning:
         pos = self.encode_prompt(call.prompt, call.prompt_2, call.device, call.num_images_per_prompt,
                                  call.prompt_embeds, call.pooled_prompt_embeds, call.max_sequence_length)
-        call.text_ids_dtype = pos[2].dtype
+        call.text_ids = {pos[0].shape[1]: pos[2]}  # by text length: built once, not every step
         neg = None
         if negative:
             neg = self.encode_prompt(call.negative_prompt, call.negative_prompt_2, call.device,
                                      call.num_images_per_prompt, call.negative_prompt_embeds,
                                      call.negative_pooled_prompt_embeds, call.max_sequence_length)
+            call.text_ids.setdefault(neg[0].shape[1], neg[2])
             neg = {"prompt_embeds": neg[0], "pooled_prompt_embeds": neg[1]}
         return Conditioning({"prompt_embeds": pos[0], "pooled_prompt_embeds": pos[1]}, neg)
 
@@ -204,8 +205,7 @@ class FluxPipeline(DiffusionPipeline):
     def _evaluate(self, model_input, timestep, cond, **kwargs):
         rows = model_input.shape[0]
         guidance = None if self._call.guidance is None else self._call.guidance.expand(rows)
-        text_ids = torch.zeros(cond["prompt_embeds"].shape[1], 3).to(device=model_input.device,
-                                                                      dtype=self._call.text_ids_dtype)
+        text_ids = self._call.text_ids[cond["prompt_embeds"].shape[1]]
         return self.transformer(hidden_states=model_input, timestep=timestep.expand(rows).to(model_input.dtype) / 1000,
                                 guidance=guidance, pooled_projections=cond["pooled_prompt_embeds"],
                                 encoder_hidden_states=cond["prompt_embeds"], txt_ids=text_ids,
