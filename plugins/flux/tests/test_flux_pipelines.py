@@ -81,3 +81,17 @@ def test_bad_inputs(folders, caplog):
     with caplog.at_level(logging.WARNING):
         _run(ours, prompt="a", height=32, width=32, num_inference_steps=1, guidance_scale=5.0)
     assert "guidance_scale=5.0 is ignored" in caplog.text
+
+
+def test_guiders_are_components_in_flux(folders):
+    """``true_cfg_scale`` builds a TrueClassifierFreeGuidance; setting it (or batched CFG) as ``pipe.guider``
+    gives the same picture, and a guider's passes reach the transformer (guidance embedding per row)."""
+    ours = kernel.load(folders["dev"][0])
+    call = dict(prompt="a dog", negative_prompt="cat", height=32, width=32, num_inference_steps=2)
+    by_argument = _run(ours, true_cfg_scale=3.0, **call)
+    ours.guider = kernel.component("TrueClassifierFreeGuidance")(guidance_scale=3.0)
+    assert np.array_equal(_run(ours, **call), by_argument)
+    ours.guider = kernel.component("ClassifierFreeGuidance")(guidance_scale=3.0)  # one batched call
+    np.testing.assert_allclose(_run(ours, **call), by_argument, atol=1e-5)
+    ours.guider = None
+    assert not np.allclose(_run(ours, **call), by_argument, atol=1e-3)
