@@ -206,6 +206,9 @@ class TaskMixin:
             timesteps, steps = strength_timesteps(self.scheduler, steps, call.strength, denoising_start=start,
                                                   floor_kept=self._floor_kept_steps)
             check_steps_left(steps, call.strength)
+        # The schedule's length before a ``denoising_end`` cut, for per-step windows that are fractions of the
+        # whole schedule (e.g. a conditioning hook's start/end, set up from the call).
+        call.scheduled_steps = len(timesteps)
         timesteps, count = truncate_for_denoising_end(self.scheduler, timesteps, getattr(call, "denoising_end", None))
         return timesteps, steps if count is None else count
 

@@ -1,0 +1,94 @@
+"""Several ControlNets driving one UNet: their residuals are summed (Diffusers' ``MultiControlNetModel``).
+
+Saved as one folder per net, Diffusers' layout: ``<dir>``, ``<dir>_1``, ``<dir>_2``, ...
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from kernel.config import register_to_config
+from kernel.modeling import ModelMixin
+
+from kernel_controlnet.controlnet import ControlNetModel
+
+
+def sum_residuals(outputs: Sequence[tuple[list[torch.Tensor], torch.Tensor]]):
+    """``(down, mid)`` residuals of several nets added up, in order."""
+    down, mid = outputs[0]
+    for more_down, more_mid in outputs[1:]:
+        down = [a + b for a, b in zip(down, more_down)]
+        mid = mid + more_mid
+    return down, mid
+
+
+class MultiControlNetModel(ModelMixin):
+    """A list of :class:`ControlNetModel` whose residuals add up; ``forward`` takes one control image and
+    one ``conditioning_scale`` per net and returns ``(down_block_res_samples, mid_block_res_sample)``."""
+
+    ignore_for_config = ("controlnets",)
+
+    @register_to_config
+    def __init__(self, controlnets: Sequence[ControlNetModel]):
+        super().__init__()
+        if not isinstance(controlnets, (list, tuple)) or not controlnets:
+            raise ValueError(f"controlnets must be a non-empty list of ControlNetModel, got {controlnets!r}")
+        bad = [type(c).__name__ for c in controlnets if not isinstance(c, ControlNetModel)]
+        if bad:
+            raise ValueError(f"controlnets must all be ControlNetModel, got {bad}")
+        self.nets = nn.ModuleList(controlnets)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        controlnet_cond: Sequence[torch.Tensor],
+        conditioning_scale: Sequence[float],
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        guess_mode: bool = False,
+        return_dict: bool = True,
+    ):
+        n = len(self.nets)
+        if len(controlnet_cond) != n or len(conditioning_scale) != n:
+            raise ValueError(f"controlnet_cond and conditioning_scale need one entry per net ({n}); got "
+                             f"{len(controlnet_cond)} and {len(conditioning_scale)}")
+        outputs = [net(sample, timestep, encoder_hidden_states, image, scale, class_labels=class_labels,
+                       timestep_cond=timestep_cond, attention_mask=attention_mask,
+                       added_cond_kwargs=added_cond_kwargs, cross_attention_kwargs=cross_attention_kwargs,
+                       guess_mode=guess_mode, return_dict=False)
+                   for net, image, scale in zip(self.nets, controlnet_cond, conditioning_scale)]
+        # Like the reference, a tuple whatever return_dict says.
+        return sum_residuals(outputs)
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        safe_serialization: bool = True, variant: str | None = None, **kwargs: Any) -> None:
+        """Each net into its own folder: ``save_directory``, then ``save_directory_1``, ..."""
+        base = str(save_directory)
+        for i, net in enumerate(self.nets):
+            net.save_pretrained(base if i == 0 else f"{base}_{i}", is_main_process=is_main_process,
+                                safe_serialization=safe_serialization, variant=variant, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_path: str | os.PathLike, subfolder: str | None = None,
+                        **kwargs: Any) -> "MultiControlNetModel":
+        """Load ``path``, ``path_1``, ``path_2``, ... (as many consecutive folders as exist)."""
+        base = Path(pretrained_model_path) / subfolder if subfolder else Path(pretrained_model_path)
+        nets, path = [], base
+        while path.is_dir():
+            nets.append(ControlNetModel.from_pretrained(path, **kwargs))
+            path = base.with_name(f"{base.name}_{len(nets)}")
+        if not nets:
+            raise ValueError(f"no ControlNet folder at {base} (MultiControlNetModel loads {base.name}, "
+                             f"{base.name}_1, ...)")
+        return cls(nets)
