@@ -80,11 +80,6 @@ def retrieve_timesteps(scheduler, num_inference_steps: int | None = None, device
     return scheduler.timesteps, num_inference_steps
 
 
-def _set_begin_index(scheduler, index: int) -> None:
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(index)
-
-
 def cutoff_timestep(scheduler, fraction: float) -> int:
     """The discrete timestep at which ``fraction`` of the denoising is done (``num_train_timesteps`` scale)."""
     n = scheduler.config.num_train_timesteps
@@ -105,14 +100,14 @@ def strength_timesteps(scheduler, num_inference_steps: int, strength: float, den
     ``denoising_start`` (a fraction of the training timesteps, for a refiner taking over from a base
     model) overrides ``strength`` and keeps the steps whose timestep is below the cut-off.
     """
-    order = getattr(scheduler, "order", 1)
+    order = scheduler.order
     if denoising_start is None:
         if floor_kept:
             kept = min(int(num_inference_steps * strength), num_inference_steps)
             start = max(num_inference_steps - kept, 0)
         else:
             start = int(max(num_inference_steps - min(num_inference_steps * strength, num_inference_steps), 0))
-        _set_begin_index(scheduler, start * order)
+        scheduler.set_begin_index(start * order)
         return scheduler.timesteps[start * order:], num_inference_steps - start
     cutoff = cutoff_timestep(scheduler, denoising_start)
     steps = int((scheduler.timesteps < cutoff).sum().item())
@@ -121,7 +116,7 @@ def strength_timesteps(scheduler, num_inference_steps: int, strength: float, den
         # first-order step, so take one more to begin on a full step.
         steps += 1
     start = len(scheduler.timesteps) - steps
-    _set_begin_index(scheduler, start)
+    scheduler.set_begin_index(start)
     return scheduler.timesteps[start:], steps
 
 
