@@ -28,17 +28,22 @@ Diffusers (both off by default, set through :class:`PromptOptions`):
     per prompt and window (A1111 does it per window over the whole batch), so a prompt's
     embeddings do not depend on what else is in the batch.  Pooled embeddings are not weighted.
 
-``lora_scale`` is accepted and ignored for now.
+``lora_scale`` multiplies the weight of the active LoRA layers of the text encoder(s) while the
+prompt is encoded, as Diffusers does (:func:`kernel_layers.adapters.adapter_scale`); without adapter layers
+it changes nothing.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
+from kernel_layers.adapters import adapter_scale
 from kernel_clip.tokens import TokenRow, pack_windows, prompt_tokens, window_size
 
 logger = logging.getLogger(__name__)
@@ -183,7 +188,25 @@ def _repeat(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
     return None if t is None else t.repeat_interleave(n, dim=0)
 
 
+def _scales_adapters(encoders_arg: str):
+    """Run the function with the adapters of its ``encoders_arg`` argument scaled by its ``lora_scale``."""
+
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def scaled(*args, **kwargs):
+            arguments = signature.bind_partial(*args, **kwargs).arguments
+            with adapter_scale(arguments.get(encoders_arg), arguments.get("lora_scale")):
+                return fn(*args, **kwargs)
+
+        return scaled
+
+    return wrap
+
+
 # ---------------------------------------------------------------------------- SD 1.x / 2.x
+@_scales_adapters("text_encoder")
 def encode_prompt(
     tokenizer,
     text_encoder,
@@ -262,6 +285,7 @@ def encode_prompt(
 
 
 # ---------------------------------------------------------------------------- SDXL
+@_scales_adapters("text_encoders")
 def encode_prompt_xl(
     tokenizers: Sequence[Any],
     text_encoders: Sequence[Any],

@@ -15,6 +15,7 @@ from kernel.image_processor import VaeImageProcessor
 from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import check_size
 from kernel_clip import PromptOptions
+from kernel_lora import LoraLoaderMixin
 
 from kernel_sd.common import check_embeds
 
@@ -34,7 +35,7 @@ def guidance_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: torch.d
     return emb
 
 
-class StableDiffusionBase(DiffusionPipeline):
+class StableDiffusionBase(LoraLoaderMixin, DiffusionPipeline):
     """Shared construction, switches and the UNet evaluation.  Not used directly."""
 
     pipeline_family = "stable-diffusion"

@@ -1,0 +1,284 @@
+"""LoRA checkpoint layouts, detected from the keys, read into one form: per component, per layer.
+
+LoRA (Hu et al. 2021, arXiv:2106.09685) adds ``scale * up @ down`` to a layer's weight, with
+``down`` ``(rank, in)`` and ``up`` ``(out, rank)`` (4-d for convolutions) and ``scale = alpha / rank``.
+The layouts found in the wild store the same pairs under different names:
+
+``peft`` (Diffusers' current files)
+    ``unet.<layer>.lora_A.weight`` / ``lora_B.weight`` (``lora_B.bias`` with ``lora_bias``).  The
+    ``alpha`` per component comes from the file's ``lora_adapter_metadata`` (else ``alpha = rank``).
+``diffusers``
+    ``unet.<layer>.lora.down.weight`` / ``lora.up.weight``;
+    ``text_encoder.<layer>.lora_linear_layer.down.weight`` / ``up.weight``.
+``attn-procs`` (Diffusers' older attention-processor files)
+    ``<attention>.processor.to_q_lora.down.weight`` (``to_k``, ``to_v``, ``to_out``), without a
+    component prefix for the UNet; ``text_encoder.<attention>.to_q_lora.down.weight`` maps to ``q_proj``.
+``kohya`` (kohya-ss sd-scripts, AUTOMATIC1111)
+    ``lora_unet_<layer with _ for .>.lora_down.weight`` / ``lora_up.weight`` / ``alpha``;
+    ``lora_te_`` (or ``lora_te1_``) for the text encoder, ``lora_te2_`` for SDXL's second one.
+    Layer names are resolved against the model (:mod:`kernel_lora.names`).
+
+A layout that matches none of these raises ``ValueError`` naming the keys; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Mapping
+
+import torch
+
+#: Component prefixes of the dotted layouts, longest first (``text_encoder_2.`` before ``text_encoder.``).
+COMPONENT_PREFIXES = ("text_encoder_2", "text_encoder", "unet")
+KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2", "lora_te_": "text_encoder"}
+
+_DOTTED_SUFFIXES = (
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".lora_B.bias", "up_bias"),
+    (".lora_linear_layer.down.weight", "down"),
+    (".lora_linear_layer.up.weight", "up"),
+    (".lora.down.weight", "down"),
+    (".lora.up.weight", "up"),
+    (".alpha", "alpha"),
+)
+_KOHYA_SUFFIXES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
+# Attention-processor names: the projection each one adapts, in the UNet and in a CLIP text encoder.
+_ATTN_PROC = re.compile(r"^(?P<stem>.*?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)\.weight$")
+_ATTN_PROC_TARGET = {
+    "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
+    "text": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
+}
+_UNSUPPORTED = {
+    "lora_magnitude_vector": "DoRA (weight-decomposed LoRA)",
+    "dora_scale": "DoRA (weight-decomposed LoRA)",
+    "lora_mid": "LoCon with a Tucker middle factor",
+    "hada_": "LoHa (LyCORIS)",
+    "lokr_": "LoKr (LyCORIS)",
+    "lora_embedding_": "embedding LoRA",
+}
+_LAYOUTS = (
+    "Diffusers/peft ('unet.<layer>.lora_A.weight'), Diffusers ('<layer>.lora.down.weight', "
+    "'<layer>.lora_linear_layer.down.weight'), attention processors ('<layer>.to_q_lora.down.weight') "
+    "or kohya-ss ('lora_unet_<layer>.lora_down.weight', 'lora_te_...')"
+)
+
+
+@dataclasses.dataclass
+class LoraWeight:
+    """One adapted layer: ``down`` ``(r, in[, kh, kw])``, ``up`` ``(out, r[, 1, 1])``, ``alpha`` (``None``: ``r``)."""
+
+    down: torch.Tensor | None = None
+    up: torch.Tensor | None = None
+    alpha: float | None = None
+    up_bias: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        """``alpha / rank``: the weight of ``up @ down`` at adapter weight 1."""
+        return (self.rank if self.alpha is None else self.alpha) / self.rank
+
+
+@dataclasses.dataclass
+class ComponentLora:
+    """The layers of one component, keyed as the file names them.
+
+    ``naming`` is ``"dotted"`` (module paths, possibly with or without CLIP's ``text_model.``) or
+    ``"kohya"`` (module paths with ``_`` for ``.``), resolved against the model by :mod:`kernel_lora.names`.
+    """
+
+    layers: dict[str, LoraWeight]
+    naming: str = "dotted"
+
+
+@dataclasses.dataclass
+class ParsedLora:
+    layout: str
+    components: dict[str, ComponentLora]
+
+
+class LoraFormatError(ValueError):
+    """A LoRA file or state dict whose keys match no known layout (a ``ValueError``)."""
+
+
+def _describe(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _unsupported(keys) -> str | None:
+    for key in keys:
+        for marker, what in _UNSUPPORTED.items():
+            if marker in key:
+                return f"{what} is not supported (key {key!r})"
+    return None
+
+
+def _scalar(value: Any, key: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise LoraFormatError(f"{key!r} should be a scalar alpha, got a tensor of shape {tuple(value.shape)}")
+        return float(value.item())
+    return float(value)
+
+
+def _store(layers: dict[str, LoraWeight], name: str, part: str, value: Any, key: str) -> None:
+    layer = layers.setdefault(name, LoraWeight())
+    if part == "alpha":
+        layer.alpha = _scalar(value, key)
+        return
+    if not isinstance(value, torch.Tensor):
+        raise LoraFormatError(f"{key!r} should be a tensor, got {type(value).__name__}")
+    if getattr(layer, part) is not None:
+        raise LoraFormatError(f"two keys give the {part} weight of layer {name!r} (one of them {key!r})")
+    setattr(layer, part, value)
+
+
+def _check_pairs(components: dict[str, ComponentLora], source: str) -> None:
+    for component, comp in components.items():
+        for name, layer in comp.layers.items():
+            if layer.down is None or layer.up is None:
+                missing = "down (lora_A)" if layer.down is None else "up (lora_B)"
+                raise LoraFormatError(f"{source}: layer {name!r} of {component} has no {missing} weight")
+            if layer.down.ndim not in (2, 4) or layer.up.ndim not in (2, 4):
+                raise LoraFormatError(
+                    f"{source}: layer {name!r} of {component} has weights of shapes {tuple(layer.down.shape)} / "
+                    f"{tuple(layer.up.shape)}; LoRA factors are 2-d (linear) or 4-d (convolution)"
+                )
+            if layer.up.shape[1] != layer.down.shape[0]:
+                raise LoraFormatError(
+                    f"{source}: layer {name!r} of {component}: down has rank {layer.down.shape[0]} but up has "
+                    f"{layer.up.shape[1]} input features"
+                )
+
+
+def is_kohya(keys) -> bool:
+    keys = list(keys)
+    return bool(keys) and all(k.startswith(tuple(KOHYA_PREFIXES)) for k in keys)
+
+
+def _parse_kohya(state_dict: Mapping[str, Any], source: str) -> ParsedLora:
+    components: dict[str, ComponentLora] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        stem, _, suffix = key.partition(".")
+        part = _KOHYA_SUFFIXES.get(suffix)
+        prefix = next(p for p in sorted(KOHYA_PREFIXES, key=len, reverse=True) if stem.startswith(p))
+        if part is None:
+            unknown.append(key)
+            continue
+        comp = components.setdefault(KOHYA_PREFIXES[prefix], ComponentLora({}, naming="kohya"))
+        _store(comp.layers, stem[len(prefix):], part, value, key)
+    if unknown:
+        why = _unsupported(unknown)
+        raise LoraFormatError(
+            f"{source}: kohya-ss LoRA with keys of no known kind: {_describe(unknown)}"
+            + (f"; {why}" if why else "; expected '<name>.lora_down.weight', '<name>.lora_up.weight' and '<name>.alpha'")
+        )
+    return ParsedLora("kohya", components)
+
+
+def _split_component(key: str, default: str | None) -> tuple[str | None, str]:
+    for prefix in COMPONENT_PREFIXES:
+        if key.startswith(prefix + "."):
+            return prefix, key[len(prefix) + 1:]
+    return default, key
+
+
+def _parse_dotted(state_dict: Mapping[str, Any], source: str, default_component: str | None) -> ParsedLora:
+    components: dict[str, ComponentLora] = {}
+    unknown, layouts = [], set()
+    for key, value in state_dict.items():
+        component, rest = _split_component(key, default_component)
+        if component is None:
+            unknown.append(key)
+            continue
+        match = _ATTN_PROC.match(rest)
+        if match:
+            kind = "unet" if component == "unet" else "text"
+            name = f"{match['stem']}.{_ATTN_PROC_TARGET[kind][match['proj']]}"
+            part, layout = match["part"], "attn-procs"
+        else:
+            for suffix, part in _DOTTED_SUFFIXES:
+                if rest.endswith(suffix):
+                    name = rest[: -len(suffix)]
+                    layout = "peft" if "lora_A" in suffix or "lora_B" in suffix else "diffusers"
+                    break
+            else:
+                unknown.append(key)
+                continue
+        if part != "alpha":
+            layouts.add(layout)
+        comp = components.setdefault(component, ComponentLora({}))
+        _store(comp.layers, name, part, value, key)
+    if unknown:
+        why = _unsupported(unknown)
+        if why is None:
+            if not components:
+                why = f"the keys match no LoRA layout; expected {_LAYOUTS}"
+            else:
+                why = "these keys are not LoRA weights of a known layout"
+        raise LoraFormatError(f"{source}: cannot read {_describe(unknown)}: {why}")
+    if not components:
+        raise LoraFormatError(f"{source}: no LoRA weights found; expected {_LAYOUTS}")
+    layout = "+".join(sorted(layouts)) or "peft"
+    return ParsedLora(layout, components)
+
+
+def parse(state_dict: Mapping[str, Any], source: str = "state dict", default_component: str | None = "unet") -> ParsedLora:
+    """Read a flat LoRA state dict of any supported layout into :class:`ParsedLora`.
+
+    Keys without a component prefix belong to ``default_component`` (Diffusers' UNet-only files).
+    Raises :class:`LoraFormatError` (a ``ValueError``) naming ``source`` and the keys it cannot read.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"a LoRA state dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    if not state_dict:
+        raise LoraFormatError(f"{source}: the LoRA state dict is empty")
+    parsed = _parse_kohya(state_dict, source) if is_kohya(state_dict) else _parse_dotted(state_dict, source, default_component)
+    _check_pairs(parsed.components, source)
+    return parsed
+
+
+def _pattern_value(patterns: Mapping[str, Any], name: str) -> Any:
+    """peft's pattern rule: a key matches a layer when the layer name ends with it (as a regex)."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", name):
+            return value
+    return None
+
+
+def apply_metadata(comp: ComponentLora, metadata: Mapping[str, Any] | None, source: str, component: str) -> None:
+    """Take ``lora_alpha`` / ``alpha_pattern`` / ``use_rslora`` from Diffusers' per-component metadata."""
+    if not metadata:
+        return
+    if metadata.get("use_dora"):
+        raise LoraFormatError(f"{source}: {component} is a DoRA adapter (use_dora in its metadata), which is not supported")
+    alpha = metadata.get("lora_alpha")
+    patterns = metadata.get("alpha_pattern") or {}
+    rslora = bool(metadata.get("use_rslora"))
+    for name, layer in comp.layers.items():
+        if layer.alpha is not None:
+            continue
+        value = _pattern_value(patterns, name)
+        value = alpha if value is None else value
+        if value is None:
+            continue
+        # rank-stabilised LoRA scales by alpha / sqrt(rank): the same as alpha * sqrt(rank) / rank.
+        layer.alpha = float(value) * math.sqrt(layer.rank) if rslora else float(value)
+
+
+def split_metadata(metadata: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Diffusers' flat ``{"unet.lora_alpha": 8, ...}`` metadata, per component."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in (metadata or {}).items():
+        component, rest = _split_component(key, None)
+        if component is not None:
+            out.setdefault(component, {})[rest] = value
+    return out

@@ -1,0 +1,181 @@
+"""LoRA layers in a model, through peft: inject, weigh, switch, merge, remove.
+
+peft (``inject_adapter_in_model`` / ``set_peft_model_state_dict``) builds and holds the layers;
+this module adds what a pipeline needs around them: one adapter's exact per-layer ranks and alphas,
+activation and weights by name, and removal that gives back the original modules (the same
+``nn.Linear`` objects, so weights and state-dict keys are exactly as before).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import warnings
+from typing import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from kernel_lora.formats import LoraWeight
+from kernel_lora.names import is_tuner_layer
+
+
+def has_adapters(model: nn.Module | None) -> bool:
+    """Whether peft put adapters into ``model`` (it records them in ``model.peft_config``)."""
+    return isinstance(getattr(model, "peft_config", None), dict)
+
+
+def tuner_layers(model: nn.Module | None, everywhere: bool = False) -> list[tuple[str, nn.Module]]:
+    """``(path, layer)`` of every peft layer in ``model`` (``everywhere``: look even without ``peft_config``)."""
+    if model is None or not (everywhere or has_adapters(model)):
+        return []
+    return [(path, m) for path, m in model.named_modules() if is_tuner_layer(m)]
+
+
+def adapter_names(model: nn.Module | None) -> list[str]:
+    """The adapters loaded into ``model``, in loading order."""
+    return list(model.peft_config) if has_adapters(model) else []
+
+
+def active_adapters(model: nn.Module | None) -> list[str]:
+    if has_adapters(model):
+        for m in model.modules():
+            if is_tuner_layer(m):
+                return list(m.active_adapters)
+    return []
+
+
+def _most_common(values: Iterable):
+    return collections.Counter(values).most_common(1)[0][0]
+
+
+def lora_config(layers: Mapping[str, LoraWeight]):
+    """A peft ``LoraConfig`` that gives every layer its own rank and alpha (exact-name patterns for the exceptions)."""
+    from peft import LoraConfig
+
+    ranks = {path: w.rank for path, w in layers.items()}
+    alphas = {path: (w.alpha if w.alpha is not None else float(w.rank)) for path, w in layers.items()}
+    r, alpha = _most_common(ranks.values()), _most_common(alphas.values())
+    # "^" anchors the pattern at the start of the layer name: peft otherwise matches name suffixes.
+    rank_pattern = {f"^{re.escape(p)}": v for p, v in ranks.items() if v != r}
+    alpha_pattern = {f"^{re.escape(p)}": v for p, v in alphas.items() if v != alpha}
+    return LoraConfig(r=r, lora_alpha=alpha, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
+                      target_modules=sorted(layers), lora_bias=any(w.up_bias is not None for w in layers.values()),
+                      inference_mode=True)
+
+
+def inject(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraWeight], reference: Mapping[str, nn.Module]) -> None:
+    """Add adapter ``adapter_name`` with ``layers`` (``{module path: weights}``, already checked) to ``model``.
+
+    Each tensor goes straight to its base layer's device and dtype.  The base parameters keep
+    their ``requires_grad`` flags (peft would freeze them).
+    """
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    state: dict[str, torch.Tensor] = {}
+    for path, w in layers.items():
+        base = reference[path].weight
+        state[f"{path}.lora_A.weight"] = w.down.to(device=base.device, dtype=base.dtype)
+        state[f"{path}.lora_B.weight"] = w.up.to(device=base.device, dtype=base.dtype)
+        if w.up_bias is not None:
+            state[f"{path}.lora_B.bias"] = w.up_bias.to(device=base.device, dtype=base.dtype)
+    grads = {id(p): p.requires_grad for p in model.parameters()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*peft_config.*")
+        inject_adapter_in_model(lora_config(layers), model, adapter_name=adapter_name, low_cpu_mem_usage=True)
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name, low_cpu_mem_usage=True)
+    missing = [k for k in result.missing_keys if f".{adapter_name}." in k]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"peft did not take every LoRA weight (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+    for p in model.parameters():
+        flag = grads.get(id(p))
+        if flag is not None and p.requires_grad != flag:
+            p.requires_grad_(flag)
+
+
+def remove(model: nn.Module, adapter_name: str) -> None:
+    """Delete adapter ``adapter_name`` from ``model``; layers left without adapters become their base layers again."""
+    for _, layer in tuner_layers(model, everywhere=True):
+        # every layer: one without the adapter may still list it as active
+        layer.delete_adapter(adapter_name)
+    unwrap(model, only_empty=True)
+    config = getattr(model, "peft_config", None)
+    if isinstance(config, dict):
+        config.pop(adapter_name, None)
+        if not config:
+            del model.peft_config
+
+
+def unwrap(model: nn.Module, only_empty: bool = False) -> None:
+    """Put each peft layer's base layer back in its place (all of them, or those with no adapter left).
+
+    A merged (fused) adapter stays in the base weights, as with Diffusers' ``unload_lora_weights``.
+    """
+    for path, layer in tuner_layers(model, everywhere=True):
+        if only_empty and any(len(getattr(layer, n)) for n in layer.adapter_layer_names):
+            continue
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, child, layer.get_base_layer())
+    if not only_empty and hasattr(model, "peft_config"):
+        del model.peft_config
+
+
+def set_active(model: nn.Module, names: list[str], weights: list[float | dict] | None = None) -> None:
+    """Activate ``names`` (in every layer that has them) with adapter ``weights`` (1 each by default).
+
+    A weight may be a dict of layer-name substrings to weights (``{"down_blocks.1": 0.5}``); layers
+    it does not name get 1.
+    """
+    weights = weights if weights is not None else [1.0] * len(names)
+    for path, layer in tuner_layers(model):
+        layer.set_adapter(names, inference_mode=True)
+        for name, weight in zip(names, weights):
+            layer.set_scale(name, _layer_weight(weight, path))
+
+
+def _layer_weight(weight, path: str) -> float:
+    if not isinstance(weight, dict):
+        return 1.0 if weight is None else float(weight)
+    for part, value in weight.items():
+        if part in path:
+            return 1.0 if value is None else float(value)
+    return 1.0
+
+
+def set_enabled(model: nn.Module, enabled: bool) -> None:
+    for _, layer in tuner_layers(model):
+        layer.enable_adapters(enabled)
+
+
+def merge(model: nn.Module, scale: float, adapter_names: list[str] | None, safe: bool) -> set[str]:
+    """Fuse the active (or named) adapters into the base weights at ``scale``; returns the adapters merged."""
+    merged: set[str] = set()
+    for _, layer in tuner_layers(model):
+        names = [n for n in (adapter_names or layer.active_adapters) if n in layer.lora_A]
+        if not hasattr(layer, "_kernel_lora_unfused_scaling"):
+            # unmerge subtracts with the scaling in force, so the fused one stays until then
+            layer._kernel_lora_unfused_scaling = dict(layer.scaling)
+        for name in names:
+            if name not in layer.merged_adapters:
+                layer.scaling[name] *= scale
+        layer.merge(safe_merge=safe, adapter_names=names)
+        merged.update(layer.merged_adapters)
+    return merged
+
+
+def unmerge(model: nn.Module) -> None:
+    for _, layer in tuner_layers(model):
+        layer.unmerge()
+        saved = getattr(layer, "_kernel_lora_unfused_scaling", None)
+        if saved is not None:
+            layer.scaling.clear()
+            layer.scaling.update(saved)
+            del layer._kernel_lora_unfused_scaling
+
+
+def merged_adapters(model: nn.Module | None) -> set[str]:
+    out: set[str] = set()
+    for _, layer in tuner_layers(model):
+        out.update(layer.merged_adapters)
+    return out

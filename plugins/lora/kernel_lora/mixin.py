@@ -1,0 +1,326 @@
+"""Diffusers' LoRA methods for a pipeline with a UNet and CLIP text encoders (SD 1.x/2.x, SDXL).
+
+    pipe.load_lora_weights("./lora", adapter_name="style")         # folder, file, state dict or Hub id
+    pipe.load_lora_weights("toy.safetensors", adapter_name="toy")  # kohya-ss files too
+    pipe.set_adapters(["style", "toy"], adapter_weights=[0.7, {"unet": 0.5, "text_encoder": 1.0}])
+    image = pipe(prompt, cross_attention_kwargs={"scale": 0.8}).images[0]
+    pipe.fuse_lora(lora_scale=0.8); pipe.unfuse_lora()
+    pipe.unload_lora_weights()                                      # the original modules again
+
+Every adapter lives in peft layers inside the components (:mod:`kernel_lora.layers`); this mixin
+keeps no state of its own besides the call-scale hook on the denoiser.  A load validates the whole
+file against every component before it changes any, so a bad file leaves the pipeline as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from kernel_layers.adapters import adapter_scale
+from kernel_lora import layers
+from kernel_lora.adapter import LoraAdapter
+from kernel_lora.formats import apply_metadata, parse, split_metadata
+from kernel_lora.saving import write_lora
+from kernel_lora.source import fetch
+
+logger = logging.getLogger(__name__)
+
+#: Components LoRA files address, in Diffusers' names.
+LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+_HOOK_ATTR = "_kernel_lora_scale_hooks"
+_CALL_SCALE_ARG = "cross_attention_kwargs"
+_CALL_SCALE_INDEX = 6  # position of cross_attention_kwargs in UNet2DConditionModel.forward
+
+
+def _call_scale(args: tuple, kwargs: dict) -> float | None:
+    extra = kwargs.get(_CALL_SCALE_ARG)
+    if extra is None and len(args) > _CALL_SCALE_INDEX:
+        extra = args[_CALL_SCALE_INDEX]
+    return extra.get("scale") if isinstance(extra, dict) else None
+
+
+def _install_scale_hooks(model: torch.nn.Module) -> None:
+    """Apply ``cross_attention_kwargs["scale"]`` to the model's LoRA for each forward call, as Diffusers' UNet does."""
+    if getattr(model, _HOOK_ATTR, None):
+        return
+    contexts: list = []
+
+    def before(module, args, kwargs):
+        scale = _call_scale(args, kwargs)
+        ctx = adapter_scale(module, scale)
+        ctx.__enter__()
+        contexts.append(ctx)
+
+    def after(module, args, kwargs, output):
+        if contexts:
+            contexts.pop().__exit__(None, None, None)
+
+    handles = (model.register_forward_pre_hook(before, with_kwargs=True),
+               model.register_forward_hook(after, with_kwargs=True, always_call=True))
+    object.__setattr__(model, _HOOK_ATTR, handles)
+
+
+def _remove_scale_hooks(model: torch.nn.Module) -> None:
+    for handle in getattr(model, _HOOK_ATTR, None) or ():
+        handle.remove()
+    if _HOOK_ATTR in model.__dict__:
+        object.__delattr__(model, _HOOK_ATTR)
+
+
+class LoraLoaderMixin:
+    """``load_lora_weights``, ``set_adapters``, ``fuse_lora``, ``save_lora_weights`` ... with Diffusers' arguments."""
+
+    unet_name = "unet"
+    text_encoder_name = "text_encoder"
+
+    # ------------------------------------------------------------------ components
+    @property
+    def _lora_loadable_modules(self) -> list[str]:
+        names = self._component_names() if hasattr(self, "_component_names") else LORA_COMPONENTS
+        return [c for c in LORA_COMPONENTS if c in names]
+
+    def _lora_models(self) -> dict[str, torch.nn.Module]:
+        return {c: m for c in self._lora_loadable_modules if isinstance(m := getattr(self, c, None), torch.nn.Module)}
+
+    def _all_adapters(self) -> list[str]:
+        names: dict[str, None] = {}
+        for model in self._lora_models().values():
+            names.update(dict.fromkeys(layers.adapter_names(model)))
+        return list(names)
+
+    @property
+    def lora_scale(self) -> float:
+        """The call's ``cross_attention_kwargs["scale"]`` while a call runs, else 1."""
+        scale = (getattr(getattr(self, "_call", None), "cross_attention_kwargs", None) or {}).get("scale")
+        return 1.0 if scale is None else float(scale)
+
+    @property
+    def num_fused_loras(self) -> int:
+        return len(self.fused_loras)
+
+    @property
+    def fused_loras(self) -> set[str]:
+        out: set[str] = set()
+        for model in self._lora_models().values():
+            out |= layers.merged_adapters(model)
+        return out
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, **kwargs) -> tuple[dict, None]:
+        """``(state dict, None)``: the tensors as stored, from a dict, file, folder or Hub repo (no conversion;
+        kohya names are resolved against a model at load time).  Diffusers returns network alphas second;
+        here alphas stay in the state dict."""
+        weight_name = kwargs.pop("weight_name", None)
+        state, _, _ = fetch(pretrained_model_name_or_path_or_dict, weight_name, **kwargs)
+        return state, None
+
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, weight_name: str | None = None,
+                          adapter_name: str | None = None, **kwargs: Any) -> None:
+        """Load a LoRA into the UNet and text encoder(s) as adapter ``adapter_name`` (default ``default_<n>``).
+
+        ``pretrained_model_name_or_path_or_dict``: a state dict, a ``.safetensors`` / ``.bin`` file, a
+        folder, or a Hub repo id (``weight_name`` picks the file; ``subfolder``, ``revision``,
+        ``cache_dir``, ``token``, ``local_files_only`` and ``HF_HUB_OFFLINE`` are honoured).  The new
+        adapter becomes the active one in the components it adapts.
+        """
+        if kwargs.pop("hotswap", False):
+            raise ValueError("hotswap=True is not supported; delete_adapters(...) and load the new LoRA instead")
+        kwargs.pop("low_cpu_mem_usage", None)  # always: LoRA tensors go straight into place
+        fetch_kwargs = {k: kwargs.pop(k) for k in ("subfolder", "use_safetensors", "cache_dir", "revision", "token",
+                                                   "local_files_only", "force_download", "proxies") if k in kwargs}
+        if kwargs:
+            raise TypeError(f"load_lora_weights() got unexpected keyword arguments {sorted(kwargs)}")
+        if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name):
+            raise ValueError(f"adapter_name must be a non-empty str or None, got {adapter_name!r}")
+        loaded = self._all_adapters()
+        if adapter_name in loaded:
+            raise ValueError(f"adapter_name {adapter_name!r} is already in use (loaded adapters: {loaded}); "
+                             f"pick another name, or delete_adapters({adapter_name!r}) first")
+        name = adapter_name or self._default_adapter_name(loaded)
+
+        state, metadata, source = fetch(pretrained_model_name_or_path_or_dict, weight_name, **fetch_kwargs)
+        parsed = parse(state, source, default_component=self.unet_name)
+        models = self._lora_models()
+        missing = sorted(set(parsed.components) - set(models))
+        if missing:
+            raise ValueError(f"{source}: has LoRA weights for {missing}, which {type(self).__name__} does not have "
+                             f"(it has {sorted(models)}); is it a LoRA for another architecture (SDXL, say)?")
+        per_component = split_metadata(metadata)
+        plan = []
+        for component, weights in parsed.components.items():
+            apply_metadata(weights, per_component.get(component), source, component)
+            adapter = LoraAdapter(adapter_name=name, component=component, source=source, _weights=weights)
+            plan.append((adapter, models[component], adapter._check(models[component])))
+
+        done = []
+        try:
+            for adapter, model, checked in plan:
+                adapter.apply(model, 1.0, checked=checked, alone=True)
+                done.append((adapter, model))
+        except Exception:
+            for adapter, model in done:
+                adapter.remove(model)
+            raise
+        if self.unet_name in parsed.components:
+            _install_scale_hooks(models[self.unet_name])
+        logger.info("loaded LoRA %r (%s layout) from %s into %s", name, parsed.layout, source, sorted(parsed.components))
+
+    @staticmethod
+    def _default_adapter_name(loaded: list[str]) -> str:
+        i = len(loaded)
+        while f"default_{i}" in loaded:
+            i += 1
+        return f"default_{i}"
+
+    # ------------------------------------------------------------------ choosing adapters
+    def get_list_adapters(self) -> dict[str, list[str]]:
+        """``{component: [adapter names]}`` for every component holding a LoRA."""
+        return {c: names for c, m in self._lora_models().items() if (names := layers.adapter_names(m))}
+
+    def get_active_adapters(self) -> list[str]:
+        """The active adapters (the UNet's, else a text encoder's)."""
+        for model in self._lora_models().values():
+            active = layers.active_adapters(model)
+            if active:
+                return active
+        return []
+
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights: Any = None) -> None:
+        """Activate ``adapter_names`` with ``adapter_weights``: one number for all, one per adapter, and/or
+        per component dicts (``{"unet": 0.5, "text_encoder": 1.0}``; a component left out gets 1).  A UNet
+        weight may itself be a dict of layer-name parts (``{"down_blocks.1": 0.3}``)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"adapter_names must be a str or a non-empty list of str, got {adapter_names!r}")
+        weights = list(adapter_weights) if isinstance(adapter_weights, (list, tuple)) else [adapter_weights] * len(names)
+        if len(weights) != len(names):
+            raise ValueError(f"adapter_weights has {len(weights)} entries for {len(names)} adapter_names; give one "
+                             "weight per adapter, or a single weight for all")
+        present = self._all_adapters()
+        unknown = [n for n in names if n not in present]
+        if unknown:
+            raise ValueError(f"adapter_names {unknown} are not loaded; loaded adapters: {present}")
+        models = self._lora_models()
+        for w in weights:
+            if isinstance(w, dict):
+                extra = sorted(set(w) - set(models))
+                if extra:
+                    raise ValueError(f"adapter_weights names components {extra}; LoRA components of this pipeline: "
+                                     f"{sorted(models)}")
+                for component, value in w.items():
+                    parts = value.values() if isinstance(value, dict) else [value]
+                    if not all(v is None or isinstance(v, (int, float)) for v in parts):
+                        raise TypeError(f"the weight for {component} must be a number, None or a dict of layer-name "
+                                        f"parts to numbers, got {value!r}")
+            elif w is not None and not isinstance(w, (int, float)):
+                raise TypeError(f"an adapter weight must be a number, None or a dict of components, got {type(w).__name__}")
+        for component, model in models.items():
+            if not layers.has_adapters(model):
+                continue
+            per = []
+            for w in weights:
+                w = w.get(component, 1.0) if isinstance(w, dict) else w
+                per.append(1.0 if w is None else w)
+            layers.set_active(model, names, per)
+
+    def disable_lora(self) -> None:
+        """Run without the LoRA layers (they stay loaded)."""
+        for model in self._lora_models().values():
+            layers.set_enabled(model, False)
+
+    def enable_lora(self) -> None:
+        for model in self._lora_models().values():
+            layers.set_enabled(model, True)
+
+    def delete_adapters(self, adapter_names: str | list[str]) -> None:
+        """Remove adapters; layers left without any become the original modules again."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        present = self._all_adapters()
+        unknown = [n for n in names if n not in present]
+        if unknown:
+            raise ValueError(f"adapter_names {unknown} are not loaded; loaded adapters: {present}")
+        for component, model in self._lora_models().items():
+            for name in names:
+                layers.remove(model, name)
+            if component == self.unet_name and not layers.has_adapters(model):
+                _remove_scale_hooks(model)
+
+    def unload_lora_weights(self) -> None:
+        """Remove every LoRA layer: the components hold their original modules again (fused LoRAs stay fused)."""
+        for model in self._lora_models().values():
+            layers.unwrap(model)
+            _remove_scale_hooks(model)
+
+    def set_lora_device(self, adapter_names: list[str], device: torch.device | str | int) -> None:
+        """Move the named adapters' weights to ``device`` (e.g. park unused ones on the CPU)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        for model in self._lora_models().values():
+            for _, layer in layers.tuner_layers(model):
+                for name in names:
+                    if name in layer.lora_A:
+                        layer.lora_A[name].to(device)
+                        layer.lora_B[name].to(device)
+
+    # ------------------------------------------------------------------ fusing
+    def _fuse_targets(self, components: list[str] | None) -> dict[str, torch.nn.Module]:
+        models = self._lora_models()
+        if components is None:
+            return models
+        if isinstance(components, str):
+            components = [components]
+        if not components:
+            raise ValueError("components cannot be an empty list")
+        unknown = [c for c in components if c not in self._lora_loadable_modules]
+        if unknown:
+            raise ValueError(f"components {unknown} are not LoRA components of this pipeline; accepted: "
+                             f"{self._lora_loadable_modules}")
+        return {c: models[c] for c in components if c in models}
+
+    def fuse_lora(self, components: list[str] | None = None, lora_scale: float = 1.0, safe_fusing: bool = False,
+                  adapter_names: list[str] | None = None, **kwargs: Any) -> None:
+        """Merge the active (or named) adapters into the weights of ``components`` (default: all), at ``lora_scale``.
+
+        Faster inference; ``unfuse_lora`` takes them out again (to float rounding).  ``safe_fusing``
+        refuses weights that would become NaN.
+        """
+        if adapter_names is not None:
+            adapter_names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+            present = self._all_adapters()
+            unknown = [n for n in adapter_names if n not in present]
+            if unknown:
+                raise ValueError(f"adapter_names {unknown} are not loaded; loaded adapters: {present}")
+        for model in self._fuse_targets(components).values():
+            layers.merge(model, float(lora_scale), adapter_names, safe_fusing)
+
+    def unfuse_lora(self, components: list[str] | None = None, **kwargs: Any) -> None:
+        """Take fused adapters out of the weights of ``components`` (default: all) again."""
+        for model in self._fuse_targets(components).values():
+            layers.unmerge(model)
+
+    # ------------------------------------------------------------------ saving
+    @classmethod
+    def save_lora_weights(cls, save_directory, unet_lora_layers=None, text_encoder_lora_layers=None,
+                          text_encoder_2_lora_layers=None, is_main_process: bool = True, weight_name: str | None = None,
+                          save_function=None, safe_serialization: bool = True, unet_lora_adapter_metadata=None,
+                          text_encoder_lora_adapter_metadata=None, text_encoder_2_lora_adapter_metadata=None) -> None:
+        """Write ``pytorch_lora_weights.safetensors`` (or ``weight_name``) with ``unet.`` / ``text_encoder.`` /
+        ``text_encoder_2.`` keys, as Diffusers does; the layers are dicts of tensors (e.g. peft's
+        ``get_peft_model_state_dict(pipe.unet, adapter_name=...)``) or modules."""
+        write_lora(
+            save_directory,
+            {"unet": unet_lora_layers, "text_encoder": text_encoder_lora_layers,
+             "text_encoder_2": text_encoder_2_lora_layers},
+            {"unet": unet_lora_adapter_metadata, "text_encoder": text_encoder_lora_adapter_metadata,
+             "text_encoder_2": text_encoder_2_lora_adapter_metadata},
+            is_main_process=is_main_process, weight_name=weight_name, save_function=save_function,
+            safe_serialization=safe_serialization,
+        )
+
+
+# Diffusers' class names for the same mixin.
+StableDiffusionLoraLoaderMixin = LoraLoaderMixin
+StableDiffusionXLLoraLoaderMixin = LoraLoaderMixin
