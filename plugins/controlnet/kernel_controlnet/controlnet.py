@@ -51,6 +51,13 @@ def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.C
     return conv
 
 
+def zero_module(module: nn.Module) -> nn.Module:
+    """``module`` with every parameter set to zero (the paper's zero-initialised connections)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
 def scale_residuals(down: list[torch.Tensor], mid: torch.Tensor, scale: float, guess_mode: bool):
     """Scale the residuals by ``scale``; in guess mode also by ``10**-1 ... 10**0`` from the shallowest skip
     to the mid block, so the deep features dominate (the paper's "guess mode", section 4)."""

@@ -1,15 +1,16 @@
-"""The ControlNet conditioning hook for UNet denoisers, written once for every task and guider.
+"""The ControlNet conditioning hooks, one per denoiser architecture, each written once for every task and
+guider: :class:`ControlNetHook` (UNet: SD 1.x/2.x, SDXL), :class:`MMDiTControlNetHook` (SD3 / SD3.5) and
+:class:`FluxControlNetHook` (Flux.1).
 
-Before each UNet evaluation (:class:`kernel.engine.Evaluation`) the hook runs the pipeline's ControlNet(s)
-on the same latents, timestep and prompt rows the UNet gets, and adds the residuals to the UNet's
-keyword arguments (``down_block_additional_residuals``, ``mid_block_additional_residual``).  It runs
-before the task's hooks, so an inpainting UNet's extra input channels never reach the ControlNet, and
+Before each denoiser evaluation (:class:`kernel.engine.Evaluation`) a hook runs the pipeline's ControlNet(s)
+on the evaluation's latents and timestep and adds their residuals to the denoiser's keyword arguments.  It
+runs before the task's hooks, so an inpainting model's extra input channels never reach the ControlNet, and
 outside a guider pass's context, so perturbed-attention guidance never perturbs the ControlNet.
 
-Per net ``k``, step ``i`` of ``N``: the residuals are scaled by ``scale_k * keep_k(i)`` where ``keep_k``
-is 1 while the step lies inside ``[start_k, end_k]`` of the schedule (Diffusers' rule,
-:func:`control_keep`; ``N`` counts the schedule before a ``denoising_end`` cut, as the reference does).  In guess mode the nets see only the rows of positive-prompt passes and the
-negative rows get zero residuals.
+Per control ``k`` (a net and its control image), step ``i`` of ``N``: the residuals are scaled by
+``scale_k * keep_k(i)`` where ``keep_k`` is 1 while the step lies inside ``[start_k, end_k]`` of the schedule
+(Diffusers' rule, :func:`control_keep`; ``N`` counts the schedule before a ``denoising_end`` cut, as the
+reference does).  Controls outside their window are not run (their residuals would be exact zeros).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from typing import Any
 
 import torch
 
-from kernel.engine import Evaluation
+from kernel.engine import Conditioning, Evaluation
 from kernel.guidance import NEGATIVE, GuidanceStep
 
-from kernel_controlnet.multicontrolnet import MultiControlNetModel, sum_residuals
+from kernel_controlnet.multicontrolnet import NetList, add_samples, sum_residuals
 
 DOWN, MID = "down_block_additional_residuals", "mid_block_additional_residual"
+MMDIT = "block_controlnet_hidden_states"
+FLUX, FLUX_SINGLE = "controlnet_block_samples", "controlnet_single_block_samples"
+FLUX_REPEAT = "controlnet_blocks_repeat"
 
 
 def control_keep(step: GuidanceStep, start: float, end: float, num_steps: int | None = None) -> float:
@@ -38,15 +42,16 @@ def control_keep(step: GuidanceStep, start: float, end: float, num_steps: int | 
 
 
 def controlnets_of(controlnet: Any) -> list:
-    """The nets of a ``ControlNetModel`` or ``MultiControlNetModel``, as a list."""
-    return list(controlnet.nets) if isinstance(controlnet, MultiControlNetModel) else [controlnet]
+    """The nets of a ControlNet or of a multi-net model, as a list."""
+    return list(controlnet.nets) if isinstance(controlnet, NetList) else [controlnet]
 
 
 @dataclass
 class ControlInputs:
-    """One call's control settings: per net, the ``evaluation.shared`` key of its control image, its
-    conditioning scale and its ``[start, end]`` window; whether guess mode is on; and the length of the
-    schedule the windows are fractions of (None: the loop's)."""
+    """One call's control settings, per control ``k``: the ``cond`` key of its control image, its conditioning
+    scale and its ``[start, end]`` window, the net it runs through (``nets``, default: net ``k``) and, for union
+    ControlNets, its mode; whether guess mode is on (UNet); the length of the schedule the windows are
+    fractions of (None: the loop's); and the call's conditioning (the Flux hook reads its positive prompt)."""
 
     images: list[str]
     scales: list[float]
@@ -54,30 +59,47 @@ class ControlInputs:
     ends: list[float]
     guess_mode: bool = False
     scheduled_steps: int | None = None
+    nets: list[int] | None = None
+    modes: list[Any] | None = None
+    conditioning: Conditioning | None = None
+
+    def step_scales(self, step: GuidanceStep) -> list[float]:
+        """Each control's scale at ``step`` (0 outside its window)."""
+        return [s * control_keep(step, a, b, self.scheduled_steps)
+                for s, a, b in zip(self.scales, self.starts, self.ends)]
+
+    def net_of(self, k: int) -> int:
+        return k if self.nets is None else self.nets[k]
 
 
-class ControlNetHook:
-    """``hook(pipe, evaluation)``: adds ``pipe.<component>``'s residuals for ``inputs`` (set per call).
-
-    The UNet's conditioning is read from the evaluation: ``cond["prompt_embeds"]`` and, where the
-    pipeline has one, ``pipe._added_cond(cond)`` (SDXL's ``text_embeds`` / ``time_ids``).
-    """
-
+class _Hook:
     def __init__(self, component: str = "controlnet"):
         self.component = component
         self.inputs: ControlInputs | None = None
 
-    def __call__(self, pipe: Any, evaluation: Evaluation) -> None:
-        inputs = self.inputs
-        if inputs is None:
-            return
-        nets = controlnets_of(getattr(pipe, self.component))
-        scales = [s * control_keep(evaluation.step, a, b, inputs.scheduled_steps)
-                  for s, a, b in zip(inputs.scales, inputs.starts, inputs.ends)]
+    def _active(self, pipe: Any, evaluation: Evaluation):
+        """(nets, per-control scales, indices of the controls that run), or None when none runs."""
+        if self.inputs is None:
+            return None
+        scales = self.inputs.step_scales(evaluation.step)
         active = [k for k, s in enumerate(scales) if s != 0]
-        if not active:  # every net outside its window: its residuals would be exact zeros
-            return
+        return (controlnets_of(getattr(pipe, self.component)), scales, active) if active else None
 
+
+class ControlNetHook(_Hook):
+    """UNet hook: adds ``down_block_additional_residuals`` / ``mid_block_additional_residual``.
+
+    The UNet's conditioning is read from the evaluation: ``cond["prompt_embeds"]`` and, where the pipeline
+    has one, ``pipe._added_cond(cond)`` (SDXL's ``text_embeds`` / ``time_ids``).  In guess mode the nets see
+    only the rows of positive-prompt passes and the negative rows get zero residuals.
+    """
+
+    def __call__(self, pipe: Any, evaluation: Evaluation) -> None:
+        found = self._active(pipe, evaluation)
+        if found is None:
+            return
+        nets, scales, active = found
+        inputs = self.inputs
         passes = evaluation.passes
         rows = evaluation.model_input.shape[0] // len(passes)
         kept = [i for i, p in enumerate(passes) if not (inputs.guess_mode and p.conditioning == NEGATIVE)]
@@ -93,9 +115,10 @@ class ControlNetHook:
         added = getattr(pipe, "_added_cond", None)
         added_cond_kwargs = added(cond) if added is not None else None
         sample = take(evaluation.model_input)
-        outputs = [nets[k](sample, evaluation.timestep, cond["prompt_embeds"], take(evaluation.shared[inputs.images[k]]),
-                           conditioning_scale=scales[k], added_cond_kwargs=added_cond_kwargs,
-                           guess_mode=inputs.guess_mode, return_dict=False)
+        outputs = [nets[inputs.net_of(k)](sample, evaluation.timestep, cond["prompt_embeds"],
+                                          take(evaluation.shared[inputs.images[k]]), conditioning_scale=scales[k],
+                                          added_cond_kwargs=added_cond_kwargs, guess_mode=inputs.guess_mode,
+                                          return_dict=False)
                    for k in active]
         down, mid = sum_residuals(outputs)
         if len(kept) < len(passes):
@@ -111,3 +134,106 @@ class ControlNetHook:
         chunks = dict(zip(kept, x.split(rows)))
         zeros = x.new_zeros((rows, *x.shape[1:]))
         return torch.cat([chunks.get(i, zeros) for i in range(len(passes))])
+
+
+class MMDiTControlNetHook(_Hook):
+    """SD3 / SD3.5 hook: adds ``block_controlnet_hidden_states`` (one residual per ControlNet block).
+
+    Every row is conditioned on its own pass's prompt and control latents (the control latents are per
+    prompt side: ``cond[key]`` holds the negative rows' sample for negative passes, as Diffusers encodes the
+    control image once per classifier-free-guidance half).  The net's pooled text is the call's
+    ``controlnet_pooled_projections`` when given, zeros for nets saved with
+    ``force_zeros_for_pooled_projection`` (and in pipelines that always zero it), else the prompt's.
+    """
+
+    def __init__(self, component: str = "controlnet", zero_pooled: bool = False):
+        super().__init__(component)
+        self.zero_pooled = zero_pooled
+
+    def __call__(self, pipe: Any, evaluation: Evaluation) -> None:
+        found = self._active(pipe, evaluation)
+        if found is None:
+            return
+        nets, scales, active = found
+        cond, x = evaluation.cond, evaluation.model_input
+        timestep = evaluation.timestep.expand(x.shape[0])
+        total = None
+        for k in active:
+            net = nets[self.inputs.net_of(k)]
+            if "controlnet_pooled_projections" in cond:
+                pooled = cond["controlnet_pooled_projections"]
+            elif self.zero_pooled or net.config.force_zeros_for_pooled_projection:
+                pooled = torch.zeros_like(cond["pooled_prompt_embeds"])
+            else:
+                pooled = cond["pooled_prompt_embeds"]
+            text = cond["prompt_embeds"] if net.context_embedder is not None else None
+            samples = net(x, cond[self.inputs.images[k]], scales[k], encoder_hidden_states=text,
+                          pooled_projections=pooled, timestep=timestep,
+                          joint_attention_kwargs=pipe.joint_attention_kwargs, return_dict=False)[0]
+            total = samples if total is None else add_samples(total, samples)
+        if MMDIT in evaluation.kwargs:  # another hook already added residuals
+            total = add_samples(evaluation.kwargs[MMDIT], total)
+        evaluation.kwargs[MMDIT] = total
+
+
+class FluxControlNetHook(_Hook):
+    """Flux hook: adds ``controlnet_block_samples`` / ``controlnet_single_block_samples`` (and
+    ``controlnet_blocks_repeat`` for nets that read the control image itself, XLabs').
+
+    As in Diffusers, the nets are conditioned on the positive prompt only and every pass (true classifier-free
+    guidance's negative one included) gets those residuals: they are computed once per step, on one copy
+    of the latents, and reused by the step's other evaluations.
+    """
+
+    def __init__(self, component: str = "controlnet"):
+        super().__init__(component)
+        self._step: GuidanceStep | None = None
+        self._samples: tuple | None = None
+
+    def release(self) -> None:
+        """Forget the residuals kept for the current step (after the loop)."""
+        self._step, self._samples = None, None
+
+    def __call__(self, pipe: Any, evaluation: Evaluation) -> None:
+        found = self._active(pipe, evaluation)
+        if found is None:
+            return
+        nets, scales, active = found
+        rows = evaluation.model_input.shape[0] // len(evaluation.passes)
+        if self._step is not evaluation.step:
+            self._samples = self._run(pipe, evaluation, nets, scales, active, rows)
+            self._step = evaluation.step
+        samples, single, repeat = self._samples
+        copies = len(evaluation.passes)
+        if copies > 1:
+            samples = None if samples is None else [s.repeat(copies, 1, 1) for s in samples]
+            single = None if single is None else [s.repeat(copies, 1, 1) for s in single]
+        kwargs = evaluation.kwargs
+        if FLUX in kwargs or FLUX_SINGLE in kwargs:  # another hook already added residuals
+            samples, single = add_samples(kwargs.get(FLUX), samples), add_samples(kwargs.get(FLUX_SINGLE), single)
+        kwargs[FLUX], kwargs[FLUX_SINGLE], kwargs[FLUX_REPEAT] = samples, single, repeat
+
+    def _run(self, pipe: Any, evaluation: Evaluation, nets: list, scales: list[float], active: list[int], rows: int):
+        inputs, call = self.inputs, pipe._call
+        positive = inputs.conditioning.positive
+        x = evaluation.model_input[:rows]
+        timestep = evaluation.timestep.expand(rows).to(x.dtype) / 1000
+        text = positive["prompt_embeds"]
+        text_ids = call.text_ids[text.shape[1]]
+        total = total_single = None
+        for i, k in enumerate(active):
+            net = nets[inputs.net_of(k)]
+            guidance = None
+            if net.config.guidance_embeds:
+                guidance = torch.full((rows,), float(call.guidance_scale), device=x.device, dtype=torch.float32)
+            mode = inputs.modes[k] if inputs.modes is not None and net.union else None
+            samples, single = net(x, evaluation.shared[inputs.images[k]][:rows], mode, scales[k],
+                                  encoder_hidden_states=text, pooled_projections=positive["pooled_prompt_embeds"],
+                                  timestep=timestep, img_ids=call.img_ids, txt_ids=text_ids, guidance=guidance,
+                                  joint_attention_kwargs=pipe.joint_attention_kwargs, return_dict=False)
+            if i == 0:
+                total, total_single = samples, single
+            else:
+                total, total_single = add_samples(total, samples), add_samples(total_single, single)
+        repeat = nets[inputs.net_of(active[0])].uses_image
+        return total, total_single, repeat
