@@ -26,6 +26,7 @@ from kernel.outputs import BaseOutput
 from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import check_output_type, check_pooled, check_prompts, check_size, retrieve_timesteps
 from kernel.tasks import NoGuidance
+from kernel_lora import FluxLoraLoaderMixin
 from kernel_sched_flow_match import calculate_shift
 from kernel_t5 import as_prompt_list, check_max_sequence_length, repeat_per_prompt, t5_prompt_embeds
 
@@ -68,7 +69,7 @@ class FluxPipelineOutput(BaseOutput):
     images: Any
 
 
-class FluxPipeline(DiffusionPipeline):
+class FluxPipeline(FluxLoraLoaderMixin, DiffusionPipeline):
     """Text-to-image with Flux.1 (Diffusers' arguments, defaults and numbers)."""
 
     pipeline_family = "flux"

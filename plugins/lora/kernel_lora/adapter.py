@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from kernel_lora import layers
+from kernel_lora.flux_names import Target
 from kernel_lora.formats import ComponentLora, LoraFormatError, LoraWeight, apply_metadata, parse
 from kernel_lora.names import NameTable
 
@@ -45,11 +46,50 @@ def _fit(w: LoraWeight, module: nn.Module) -> LoraWeight | str:
     return LoraWeight(down=down, up=up, alpha=w.alpha, up_bias=w.up_bias)
 
 
+def _rows(t: torch.Tensor | None, target: Target) -> torch.Tensor | None:
+    if t is None or target.rows is None:
+        return t
+    parts = [t[a:b] for a, b in target.rows]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _split(w: LoraWeight, targets: tuple[Target, ...]) -> list[tuple[str, LoraWeight]] | str:
+    """One LoRA per target module: a LoRA on a fused projection becomes one per part (or why it cannot).
+
+    ``up``'s rows are stacked like the fused projection's outputs; a LoRA may cover only its first
+    parts (XLabs adapts the q, k, v part of a single block's ``linear1``).  Parts share ``down``,
+    unless the file stores them block-diagonally (kohya's split-qkv training: rank ``n * k`` whose part
+    ``j`` uses only ranks ``j*k .. (j+1)*k``), which is then cut into rank-``k`` LoRAs with the
+    same ``alpha / rank``.
+    """
+    if len(targets) == 1 and targets[0].rows is None:
+        return [(targets[0].path, w)]
+    sizes = [sum(b - a for a, b in t.rows) for t in targets]
+    rows, covered, n = int(w.up.shape[0]), 0, 0
+    while n < len(sizes) and covered < rows:
+        covered, n = covered + sizes[n], n + 1
+    if covered != rows:
+        return (f"its up weight has {rows} rows; the fused projection it names has parts of "
+                f"{sizes} rows ({', '.join(t.path for t in targets)})")
+    targets = targets[:n]
+    ups = [_rows(w.up, t) for t in targets]
+    biases = [_rows(w.up_bias, t) for t in targets]
+    r = w.rank
+    if n > 1 and r % n == 0:
+        k = r // n
+        if not any(ups[j][:, c * k:(c + 1) * k].any() for j in range(n) for c in range(n) if c != j):
+            alpha = (w.alpha if w.alpha is not None else r) / n
+            return [(t.path, LoraWeight(down=w.down[j * k:(j + 1) * k], up=ups[j][:, j * k:(j + 1) * k].contiguous(),
+                                        alpha=alpha, up_bias=biases[j]))
+                    for j, t in enumerate(targets)]
+    return [(t.path, LoraWeight(down=w.down, up=ups[j], alpha=w.alpha, up_bias=biases[j])) for j, t in enumerate(targets)]
+
+
 class LoraAdapter:
-    """A LoRA state dict for one model (a UNet, a text encoder, any ``nn.Module`` with matching names).
+    """A LoRA state dict for one model (a UNet or transformer, a text encoder, any ``nn.Module`` with matching names).
 
     ``state_dict`` is any layout :mod:`kernel_lora.formats` reads.  When it holds several components
-    (a pipeline file), ``component`` picks one (``"unet"``, ``"text_encoder"``, ``"text_encoder_2"``);
+    (a pipeline file), ``component`` picks one (``"unet"``, ``"transformer"``, ``"text_encoder"``, ``"text_encoder_2"``);
     keys without a component prefix belong to ``component``.  ``metadata`` is Diffusers'
     per-component LoRA metadata (``lora_alpha`` ...).
     """
@@ -91,17 +131,22 @@ class LoraAdapter:
         fitted: dict[str, LoraWeight] = {}
         unknown, wrong = [], []
         for name, w in self.weights.layers.items():
-            path = table.resolve(name, self.weights.naming)
-            if path is None:
+            targets = table.targets(name, self.weights.naming)
+            if targets is None:
                 unknown.append(name)
                 continue
-            result = _fit(w, table.modules[path])
-            if isinstance(result, str):
-                wrong.append(f"{path}: {result}")
-            elif path in fitted:
-                wrong.append(f"{path}: given twice (as {name!r} and another name)")
-            else:
-                fitted[path] = result
+            parts = _split(w, targets)
+            if isinstance(parts, str):
+                wrong.append(f"{name}: {parts}")
+                continue
+            for path, part in parts:
+                result = _fit(part, table.modules[path])
+                if isinstance(result, str):
+                    wrong.append(f"{path}: {result}" if path == name else f"{path} (as {name!r}): {result}")
+                elif path in fitted:
+                    wrong.append(f"{path}: given twice (as {name!r} and another name)")
+                else:
+                    fitted[path] = result
         problems = []
         if unknown:
             shown = ", ".join(repr(n) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -111,8 +156,11 @@ class LoraAdapter:
             more = f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""
             problems.append(f"{len(wrong)} layers do not fit: " + "; ".join(wrong[:3]) + more)
         if problems:
-            raise ValueError(f"{self.source}: this LoRA does not fit {self.component} ({type(model).__name__}): "
-                             + ". ".join(problems) + ". Is it a LoRA for another model (an SDXL LoRA on SD 1.5, say)?")
+            layout = self.weights.layout
+            raise ValueError(f"{self.source}: this LoRA ({layout} layout) does not fit {self.component} "
+                             f"({type(model).__name__}): " + ". ".join(problems)
+                             + ". Is it a LoRA for another model (an SDXL LoRA on SD 1.5, say), or in layer names "
+                             "this model has no table for?")
         return fitted, {path: table.modules[path] for path in fitted}
 
     # ------------------------------------------------------------------ Adapter protocol

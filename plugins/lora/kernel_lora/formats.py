@@ -5,8 +5,9 @@ LoRA (Hu et al. 2021, arXiv:2106.09685) adds ``scale * up @ down`` to a layer's 
 The layouts found in the wild store the same pairs under different names:
 
 ``peft`` (Diffusers' current files)
-    ``unet.<layer>.lora_A.weight`` / ``lora_B.weight`` (``lora_B.bias`` with ``lora_bias``).  The
-    ``alpha`` per component comes from the file's ``lora_adapter_metadata`` (else ``alpha = rank``).
+    ``unet.<layer>.lora_A.weight`` / ``lora_B.weight`` (``lora_B.bias`` with ``lora_bias``); the
+    denoiser of a transformer pipeline is ``transformer.``.  The ``alpha`` per component comes from
+    the file's ``lora_adapter_metadata`` (else ``alpha = rank``); ``<layer>.alpha`` keys also count.
 ``diffusers``
     ``unet.<layer>.lora.down.weight`` / ``lora.up.weight``;
     ``text_encoder.<layer>.lora_linear_layer.down.weight`` / ``up.weight``.
@@ -15,9 +16,15 @@ The layouts found in the wild store the same pairs under different names:
     component prefix for the UNet; ``text_encoder.<attention>.to_q_lora.down.weight`` maps to ``q_proj``.
 ``kohya`` (kohya-ss sd-scripts, AUTOMATIC1111)
     ``lora_unet_<layer with _ for .>.lora_down.weight`` / ``lora_up.weight`` / ``alpha``;
-    ``lora_te_`` (or ``lora_te1_``) for the text encoder, ``lora_te2_`` for SDXL's second one.
-    Layer names are resolved against the model (:mod:`kernel_lora.names`).
+    ``lora_te_`` (or ``lora_te1_``) for the text encoder, ``lora_te2_`` for SDXL's second one;
+    ``lora_transformer_`` for a transformer under its Diffusers names.  For Flux, ``lora_unet_``
+    names the original (Black Forest Labs) blocks: ``double_blocks_0_img_attn_qkv``.
+``xlabs`` (XLabs-AI's Flux trainer)
+    ``double_blocks.<i>.processor.qkv_lora1.down.weight`` (``qkv_lora2``, ``proj_lora1``,
+    ``proj_lora2``; ``single_blocks.<i>.processor.qkv_lora`` / ``proj_lora``), no alpha.
 
+Layer names are resolved against the model (:mod:`kernel_lora.names`), including the original
+Flux names whose fused ``qkv`` projections are split over ``to_q`` / ``to_k`` / ``to_v``.
 A layout that matches none of these raises ``ValueError`` naming the keys; nothing is guessed.
 """
 
@@ -31,8 +38,10 @@ from typing import Any, Mapping
 import torch
 
 #: Component prefixes of the dotted layouts, longest first (``text_encoder_2.`` before ``text_encoder.``).
-COMPONENT_PREFIXES = ("text_encoder_2", "text_encoder", "unet")
-KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2", "lora_te_": "text_encoder"}
+COMPONENT_PREFIXES = ("text_encoder_3", "text_encoder_2", "text_encoder", "transformer", "unet")
+#: kohya-ss prefixes; ``None`` is the pipeline's denoiser (the UNet, or the transformer of SD3 / Flux / PixArt).
+KOHYA_PREFIXES = {"lora_unet_": None, "lora_transformer_": None, "lora_te1_": "text_encoder",
+                  "lora_te2_": "text_encoder_2", "lora_te3_": "text_encoder_3", "lora_te_": "text_encoder"}
 
 _DOTTED_SUFFIXES = (
     (".lora_A.weight", "down"),
@@ -51,6 +60,15 @@ _ATTN_PROC_TARGET = {
     "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
     "text": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
 }
+# XLabs' Flux processors: the original projection each one adapts.
+_XLABS = re.compile(r"^(?:diffusion_model\.)?(?P<block>double_blocks|single_blocks)\.(?P<index>\d+)\.processor\."
+                    r"(?P<lora>[a-z_]+\d?)\.(?P<part>down|up)\.weight$")
+_XLABS_BLOCK = re.compile(r"^(?:diffusion_model\.)?(?:double_blocks|single_blocks)\.\d+\.processor\.")
+_XLABS_TARGET = {
+    ("double_blocks", "qkv_lora1"): "img_attn.qkv", ("double_blocks", "qkv_lora2"): "txt_attn.qkv",
+    ("double_blocks", "proj_lora1"): "img_attn.proj", ("double_blocks", "proj_lora2"): "txt_attn.proj",
+    ("single_blocks", "qkv_lora"): "linear1", ("single_blocks", "proj_lora"): "linear2",
+}
 _UNSUPPORTED = {
     "lora_magnitude_vector": "DoRA (weight-decomposed LoRA)",
     "dora_scale": "DoRA (weight-decomposed LoRA)",
@@ -58,11 +76,17 @@ _UNSUPPORTED = {
     "hada_": "LoHa (LyCORIS)",
     "lokr_": "LoKr (LyCORIS)",
     "lora_embedding_": "embedding LoRA",
+    "query_norm.scale": "Flux Control LoRA (BFL layout: it also replaces norm weights and widens the input layer)",
+    ".norm_q.weight": "Flux Control LoRA (it also replaces norm weights)",
+    ".norm_k.weight": "Flux Control LoRA (it also replaces norm weights)",
+    "base_model.model.": "a peft PeftModel save (keys 'base_model.model.<layer>'); save with get_peft_model_state_dict",
+    ".diff_b": "a full bias difference ('diff_b') next to the LoRA",
 }
 _LAYOUTS = (
     "Diffusers/peft ('unet.<layer>.lora_A.weight'), Diffusers ('<layer>.lora.down.weight', "
     "'<layer>.lora_linear_layer.down.weight'), attention processors ('<layer>.to_q_lora.down.weight') "
-    "or kohya-ss ('lora_unet_<layer>.lora_down.weight', 'lora_te_...')"
+    "kohya-ss ('lora_unet_<layer>.lora_down.weight', 'lora_te_...') or XLabs Flux "
+    "('double_blocks.<i>.processor.qkv_lora1.down.weight')"
 )
 
 
@@ -89,12 +113,15 @@ class LoraWeight:
 class ComponentLora:
     """The layers of one component, keyed as the file names them.
 
-    ``naming`` is ``"dotted"`` (module paths, possibly with or without CLIP's ``text_model.``) or
-    ``"kohya"`` (module paths with ``_`` for ``.``), resolved against the model by :mod:`kernel_lora.names`.
+    ``naming`` is ``"dotted"`` (module paths, possibly with or without CLIP's ``text_model.``, or a
+    model's original names such as Flux's ``double_blocks.0.img_attn.qkv``) or ``"kohya"`` (those
+    names with ``_`` for ``.``), resolved against the model by :mod:`kernel_lora.names`.  ``layout``
+    is the file's layout, for messages.
     """
 
     layers: dict[str, LoraWeight]
     naming: str = "dotted"
+    layout: str = "peft"
 
 
 @dataclasses.dataclass
@@ -163,7 +190,7 @@ def is_kohya(keys) -> bool:
     return bool(keys) and all(k.startswith(tuple(KOHYA_PREFIXES)) for k in keys)
 
 
-def _parse_kohya(state_dict: Mapping[str, Any], source: str) -> ParsedLora:
+def _parse_kohya(state_dict: Mapping[str, Any], source: str, denoiser: str) -> ParsedLora:
     components: dict[str, ComponentLora] = {}
     unknown = []
     for key, value in state_dict.items():
@@ -173,7 +200,8 @@ def _parse_kohya(state_dict: Mapping[str, Any], source: str) -> ParsedLora:
         if part is None:
             unknown.append(key)
             continue
-        comp = components.setdefault(KOHYA_PREFIXES[prefix], ComponentLora({}, naming="kohya"))
+        component = KOHYA_PREFIXES[prefix] or denoiser
+        comp = components.setdefault(component, ComponentLora({}, naming="kohya", layout="kohya"))
         _store(comp.layers, stem[len(prefix):], part, value, key)
     if unknown:
         why = _unsupported(unknown)
@@ -182,6 +210,29 @@ def _parse_kohya(state_dict: Mapping[str, Any], source: str) -> ParsedLora:
             + (f"; {why}" if why else "; expected '<name>.lora_down.weight', '<name>.lora_up.weight' and '<name>.alpha'")
         )
     return ParsedLora("kohya", components)
+
+
+def is_xlabs(keys) -> bool:
+    """Any key of an XLabs block processor (the rest must then be XLabs keys too)."""
+    return any(_XLABS_BLOCK.match(k) for k in keys)
+
+
+def _parse_xlabs(state_dict: Mapping[str, Any], source: str, denoiser: str) -> ParsedLora:
+    """XLabs' Flux LoRA: each processor LoRA under the original block's projection name (no alpha)."""
+    layers: dict[str, LoraWeight] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        match = _XLABS.match(key)
+        target = _XLABS_TARGET.get((match["block"], match["lora"])) if match else None
+        if target is None:
+            unknown.append(key)
+            continue
+        _store(layers, f"{match['block']}.{match['index']}.{target}", match["part"], value, key)
+    if unknown:
+        raise LoraFormatError(f"{source}: XLabs Flux LoRA with keys of no known kind: {_describe(unknown)}; expected "
+                              "'<double_blocks|single_blocks>.<i>.processor.<qkv_lora1|qkv_lora2|proj_lora1|proj_lora2|"
+                              "qkv_lora|proj_lora>.<down|up>.weight'")
+    return ParsedLora("xlabs", {denoiser: ComponentLora(layers, layout="xlabs")})
 
 
 def _split_component(key: str, default: str | None) -> tuple[str | None, str]:
@@ -201,7 +252,7 @@ def _parse_dotted(state_dict: Mapping[str, Any], source: str, default_component:
             continue
         match = _ATTN_PROC.match(rest)
         if match:
-            kind = "unet" if component == "unet" else "text"
+            kind = "text" if component.startswith("text_encoder") else "unet"
             name = f"{match['stem']}.{_ATTN_PROC_TARGET[kind][match['proj']]}"
             part, layout = match["part"], "attn-procs"
         else:
@@ -217,6 +268,8 @@ def _parse_dotted(state_dict: Mapping[str, Any], source: str, default_component:
             layouts.add(layout)
         comp = components.setdefault(component, ComponentLora({}))
         _store(comp.layers, name, part, value, key)
+    for comp in components.values():
+        comp.layout = "+".join(sorted(layouts)) or "peft"
     if unknown:
         why = _unsupported(unknown)
         if why is None:
@@ -234,14 +287,22 @@ def _parse_dotted(state_dict: Mapping[str, Any], source: str, default_component:
 def parse(state_dict: Mapping[str, Any], source: str = "state dict", default_component: str | None = "unet") -> ParsedLora:
     """Read a flat LoRA state dict of any supported layout into :class:`ParsedLora`.
 
-    Keys without a component prefix belong to ``default_component`` (Diffusers' UNet-only files).
-    Raises :class:`LoraFormatError` (a ``ValueError``) naming ``source`` and the keys it cannot read.
+    Keys without a component prefix belong to ``default_component`` (Diffusers' UNet-only files), which
+    is also the component of kohya's ``lora_unet_`` / ``lora_transformer_`` keys and of XLabs files
+    (the pipeline's denoiser).  Raises :class:`LoraFormatError` (a ``ValueError``) naming ``source``
+    and the keys it cannot read.
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"a LoRA state dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
     if not state_dict:
         raise LoraFormatError(f"{source}: the LoRA state dict is empty")
-    parsed = _parse_kohya(state_dict, source) if is_kohya(state_dict) else _parse_dotted(state_dict, source, default_component)
+    denoiser = default_component or "unet"
+    if is_kohya(state_dict):
+        parsed = _parse_kohya(state_dict, source, denoiser)
+    elif is_xlabs(state_dict):
+        parsed = _parse_xlabs(state_dict, source, denoiser)
+    else:
+        parsed = _parse_dotted(state_dict, source, default_component)
     _check_pairs(parsed.components, source)
     return parsed
 

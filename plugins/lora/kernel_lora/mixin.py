@@ -1,4 +1,7 @@
-"""Diffusers' LoRA methods for a pipeline with a UNet and CLIP text encoders (SD 1.x/2.x, SDXL).
+"""Diffusers' LoRA methods for a pipeline: a denoiser (UNet or transformer) and text encoders.
+
+:class:`LoraLoaderMixin` serves SD 1.x/2.x and SDXL as it is; :mod:`kernel_lora.families` sets it up
+for SD3, Flux and PixArt (their components, call argument and ``save_lora_weights`` arguments).
 
     pipe.load_lora_weights("./lora", adapter_name="style")         # folder, file, state dict or Hub id
     pipe.load_lora_weights("toy.safetensors", adapter_name="toy")  # kohya-ss files too
@@ -8,12 +11,15 @@
     pipe.unload_lora_weights()                                      # the original modules again
 
 Every adapter lives in peft layers inside the components (:mod:`kernel_lora.layers`); this mixin
-keeps no state of its own besides the call-scale hook on the denoiser.  A load validates the whole
-file against every component before it changes any, so a bad file leaves the pipeline as it was.
+keeps no state of its own besides the call-scale hook on the denoiser (a forward pre-hook that
+applies ``cross_attention_kwargs["scale"]`` / ``joint_attention_kwargs["scale"]`` for the call).
+A load validates the whole file against every component before it changes any, so a bad file
+leaves the pipeline as it was.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -28,28 +34,34 @@ from kernel_lora.source import fetch
 
 logger = logging.getLogger(__name__)
 
-#: Components LoRA files address, in Diffusers' names.
+#: Components LoRA files address in SD / SDXL pipelines, in Diffusers' names.
 LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 _HOOK_ATTR = "_kernel_lora_scale_hooks"
-_CALL_SCALE_ARG = "cross_attention_kwargs"
-_CALL_SCALE_INDEX = 6  # position of cross_attention_kwargs in UNet2DConditionModel.forward
 
 
-def _call_scale(args: tuple, kwargs: dict) -> float | None:
-    extra = kwargs.get(_CALL_SCALE_ARG)
-    if extra is None and len(args) > _CALL_SCALE_INDEX:
-        extra = args[_CALL_SCALE_INDEX]
-    return extra.get("scale") if isinstance(extra, dict) else None
+def _argument_index(model: torch.nn.Module, argument: str) -> int | None:
+    """Position of ``argument`` among ``model.forward``'s positional parameters (``None``: keyword only)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional.index(argument) if argument in positional else None
 
 
-def _install_scale_hooks(model: torch.nn.Module) -> None:
-    """Apply ``cross_attention_kwargs["scale"]`` to the model's LoRA for each forward call, as Diffusers' UNet does."""
+def _install_scale_hooks(model: torch.nn.Module, argument: str = "cross_attention_kwargs") -> None:
+    """Apply ``<argument>["scale"]`` to the model's LoRA for each forward call, as Diffusers' UNet and
+    transformers do (``cross_attention_kwargs`` for a UNet, ``joint_attention_kwargs`` for SD3 / Flux)."""
     if getattr(model, _HOOK_ATTR, None):
         return
     contexts: list = []
+    index = _argument_index(model, argument)
 
     def before(module, args, kwargs):
-        scale = _call_scale(args, kwargs)
+        extra = kwargs.get(argument)
+        if extra is None and index is not None and len(args) > index:
+            extra = args[index]
+        scale = extra.get("scale") if isinstance(extra, dict) else None
         ctx = adapter_scale(module, scale)
         ctx.__enter__()
         contexts.append(ctx)
@@ -71,16 +83,28 @@ def _remove_scale_hooks(model: torch.nn.Module) -> None:
 
 
 class LoraLoaderMixin:
-    """``load_lora_weights``, ``set_adapters``, ``fuse_lora``, ``save_lora_weights`` ... with Diffusers' arguments."""
+    """``load_lora_weights``, ``set_adapters``, ``fuse_lora``, ``save_lora_weights`` ... with Diffusers' arguments.
+
+    A family sets ``_lora_components`` (the denoiser first), ``_lora_call_argument`` (the call and
+    denoiser argument whose ``"scale"`` weighs the LoRA for one call; ``None``: none) and, where
+    Diffusers fuses only some components by default, ``_lora_fuse_default``.
+    """
 
     unet_name = "unet"
     text_encoder_name = "text_encoder"
+    _lora_components: tuple[str, ...] = LORA_COMPONENTS
+    _lora_call_argument: str | None = "cross_attention_kwargs"
+    _lora_fuse_default: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------------ components
     @property
+    def _lora_denoiser(self) -> str:
+        return self._lora_components[0]
+
+    @property
     def _lora_loadable_modules(self) -> list[str]:
-        names = self._component_names() if hasattr(self, "_component_names") else LORA_COMPONENTS
-        return [c for c in LORA_COMPONENTS if c in names]
+        names = self._component_names() if hasattr(self, "_component_names") else self._lora_components
+        return [c for c in self._lora_components if c in names]
 
     def _lora_models(self) -> dict[str, torch.nn.Module]:
         return {c: m for c in self._lora_loadable_modules if isinstance(m := getattr(self, c, None), torch.nn.Module)}
@@ -93,8 +117,10 @@ class LoraLoaderMixin:
 
     @property
     def lora_scale(self) -> float:
-        """The call's ``cross_attention_kwargs["scale"]`` while a call runs, else 1."""
-        scale = (getattr(getattr(self, "_call", None), "cross_attention_kwargs", None) or {}).get("scale")
+        """The call's ``cross_attention_kwargs["scale"]`` (``joint_attention_kwargs`` for SD3 / Flux), else 1."""
+        argument = self._lora_call_argument
+        extra = getattr(getattr(self, "_call", None), argument, None) if argument else None
+        scale = extra.get("scale") if isinstance(extra, dict) else None
         return 1.0 if scale is None else float(scale)
 
     @property
@@ -120,7 +146,8 @@ class LoraLoaderMixin:
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, weight_name: str | None = None,
                           adapter_name: str | None = None, **kwargs: Any) -> None:
-        """Load a LoRA into the UNet and text encoder(s) as adapter ``adapter_name`` (default ``default_<n>``).
+        """Load a LoRA into the denoiser (UNet or transformer) and text encoder(s) as adapter ``adapter_name``
+        (default ``default_<n>``).
 
         ``pretrained_model_name_or_path_or_dict``: a state dict, a ``.safetensors`` / ``.bin`` file, a
         folder, or a Hub repo id (``weight_name`` picks the file; ``subfolder``, ``revision``,
@@ -143,12 +170,12 @@ class LoraLoaderMixin:
         name = adapter_name or self._default_adapter_name(loaded)
 
         state, metadata, source = fetch(pretrained_model_name_or_path_or_dict, weight_name, **fetch_kwargs)
-        parsed = parse(state, source, default_component=self.unet_name)
+        parsed = parse(state, source, default_component=self._lora_denoiser)
         models = self._lora_models()
         missing = sorted(set(parsed.components) - set(models))
         if missing:
-            raise ValueError(f"{source}: has LoRA weights for {missing}, which {type(self).__name__} does not have "
-                             f"(it has {sorted(models)}); is it a LoRA for another architecture (SDXL, say)?")
+            raise ValueError(f"{source}: has {parsed.layout} LoRA weights for {missing}; {type(self).__name__} takes "
+                             f"LoRA into {sorted(models)}; is it a LoRA for another architecture (SDXL, say)?")
         per_component = split_metadata(metadata)
         plan = []
         for component, weights in parsed.components.items():
@@ -165,8 +192,8 @@ class LoraLoaderMixin:
             for adapter, model in done:
                 adapter.remove(model)
             raise
-        if self.unet_name in parsed.components:
-            _install_scale_hooks(models[self.unet_name])
+        if self._lora_denoiser in parsed.components and self._lora_call_argument:
+            _install_scale_hooks(models[self._lora_denoiser], self._lora_call_argument)
         logger.info("loaded LoRA %r (%s layout) from %s into %s", name, parsed.layout, source, sorted(parsed.components))
 
     @staticmethod
@@ -182,7 +209,7 @@ class LoraLoaderMixin:
         return {c: names for c, m in self._lora_models().items() if (names := layers.adapter_names(m))}
 
     def get_active_adapters(self) -> list[str]:
-        """The active adapters (the UNet's, else a text encoder's)."""
+        """The active adapters (the denoiser's, else a text encoder's)."""
         for model in self._lora_models().values():
             active = layers.active_adapters(model)
             if active:
@@ -191,8 +218,8 @@ class LoraLoaderMixin:
 
     def set_adapters(self, adapter_names: str | list[str], adapter_weights: Any = None) -> None:
         """Activate ``adapter_names`` with ``adapter_weights``: one number for all, one per adapter, and/or
-        per component dicts (``{"unet": 0.5, "text_encoder": 1.0}``; a component left out gets 1).  A UNet
-        weight may itself be a dict of layer-name parts (``{"down_blocks.1": 0.3}``)."""
+        per component dicts (``{"unet": 0.5, "text_encoder": 1.0}``; a component left out gets 1).  A
+        denoiser weight may itself be a dict of layer-name parts (``{"down_blocks.1": 0.3}``)."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if not names or not all(isinstance(n, str) for n in names):
             raise ValueError(f"adapter_names must be a str or a non-empty list of str, got {adapter_names!r}")
@@ -246,7 +273,7 @@ class LoraLoaderMixin:
         for component, model in self._lora_models().items():
             for name in names:
                 layers.remove(model, name)
-            if component == self.unet_name and not layers.has_adapters(model):
+            if component == self._lora_denoiser and not layers.has_adapters(model):
                 _remove_scale_hooks(model)
 
     def unload_lora_weights(self) -> None:
@@ -266,10 +293,10 @@ class LoraLoaderMixin:
                         layer.lora_B[name].to(device)
 
     # ------------------------------------------------------------------ fusing
-    def _fuse_targets(self, components: list[str] | None) -> dict[str, torch.nn.Module]:
+    def _fuse_targets(self, components: list[str] | None, default: tuple[str, ...] | None = None) -> dict[str, torch.nn.Module]:
         models = self._lora_models()
         if components is None:
-            return models
+            return models if default is None else {c: m for c, m in models.items() if c in default}
         if isinstance(components, str):
             components = [components]
         if not components:
@@ -282,7 +309,8 @@ class LoraLoaderMixin:
 
     def fuse_lora(self, components: list[str] | None = None, lora_scale: float = 1.0, safe_fusing: bool = False,
                   adapter_names: list[str] | None = None, **kwargs: Any) -> None:
-        """Merge the active (or named) adapters into the weights of ``components`` (default: all), at ``lora_scale``.
+        """Merge the active (or named) adapters into the weights of ``components`` at ``lora_scale`` (default: all
+        components; Flux: the transformer only, as in Diffusers).
 
         Faster inference; ``unfuse_lora`` takes them out again (to float rounding).  ``safe_fusing``
         refuses weights that would become NaN.
@@ -293,7 +321,7 @@ class LoraLoaderMixin:
             unknown = [n for n in adapter_names if n not in present]
             if unknown:
                 raise ValueError(f"adapter_names {unknown} are not loaded; loaded adapters: {present}")
-        for model in self._fuse_targets(components).values():
+        for model in self._fuse_targets(components, self._lora_fuse_default).values():
             layers.merge(model, float(lora_scale), adapter_names, safe_fusing)
 
     def unfuse_lora(self, components: list[str] | None = None, **kwargs: Any) -> None:

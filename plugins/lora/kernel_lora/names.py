@@ -3,9 +3,11 @@
 Our modules carry Diffusers' names, so a dotted name is a module path, with one allowance: CLIP text
 encoders were nested under ``text_model`` before transformers 5 and LoRA files from both eras exist.
 kohya-ss names are module paths with ``_`` for ``.``; for SDXL they name the original (SGM/LDM)
-UNet's blocks (``input_blocks.4.1`` for ``down_blocks.1.attentions.0``).  Instead of rewriting names
-with string rules, the tables here list every adaptable module of the model under each name it can
-have, so a lookup is exact and a name that fits no module is reported, not guessed.
+UNet's blocks (``input_blocks.4.1`` for ``down_blocks.1.attentions.0``), for Flux the original
+model's blocks (``double_blocks.0.img_attn.qkv``, one name for three of our layers:
+:mod:`kernel_lora.flux_names`).  Instead of rewriting names with string rules, the tables here list
+every adaptable module of the model under each name it can have, so a lookup is exact and a name
+that fits no module is reported, not guessed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn as nn
+
+from kernel_lora.flux_names import Target, original_names
 
 #: Layer types LoRA can adapt here (peft supports these for LoRA).
 ADAPTABLE = (nn.Linear, nn.Conv2d)
@@ -129,6 +133,19 @@ class NameTable:
                 self._kohya[flat] = path
         for flat in ambiguous:
             del self._kohya[flat]
+        # names of the original model that stand for one or several of ours (Flux's fused projections)
+        self._original: dict[str, dict[str, tuple[Target, ...]]] = {"dotted": {}, "kohya": {}}
+        for name, targets in original_names(self.modules).items():
+            self._original["dotted"][name] = targets
+            self._original["kohya"][name.replace(".", "_")] = targets
 
     def resolve(self, name: str, naming: str) -> str | None:
+        """The module path ``name`` means, when it means exactly one whole module."""
         return (self._kohya if naming == "kohya" else self._dotted).get(name)
+
+    def targets(self, name: str, naming: str) -> tuple[Target, ...] | None:
+        """The modules ``name`` means: one, or the parts of a fused projection of the original model."""
+        path = self.resolve(name, naming)
+        if path is not None:
+            return (Target(path),)
+        return self._original["kohya" if naming == "kohya" else "dotted"].get(name)

@@ -1,5 +1,5 @@
 """Writing LoRA files the way Diffusers does: one ``pytorch_lora_weights.safetensors`` per adapter, keys
-prefixed by component (``unet.``, ``text_encoder.``), optional ``lora_adapter_metadata``.  Atomic:
+prefixed by component (``unet.``, ``transformer.``, ``text_encoder.``), optional ``lora_adapter_metadata``.  Atomic:
 the file appears complete or not at all."""
 
 from __future__ import annotations

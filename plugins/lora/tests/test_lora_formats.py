@@ -128,3 +128,62 @@ def test_text_encoder_names_with_and_without_text_model():
         assert table.resolve(name, "dotted") == path
     assert table.resolve("text_model_encoder_layers_0_mlp_fc2", "kohya") == path.replace("self_attn.q_proj", "mlp.fc2")
     assert table.resolve("encoder_layers_7_mlp_fc2", "kohya") is None
+
+
+@pytest.mark.parametrize("keys, component, name", [
+    (("lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"),
+     "transformer", "double_blocks_0_img_attn_qkv"),
+    (("lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight",
+      "lora_transformer_single_transformer_blocks_0_attn_to_q.lora_up.weight"),
+     "transformer", "single_transformer_blocks_0_attn_to_q"),
+    (("double_blocks.3.processor.qkv_lora2.down.weight", "double_blocks.3.processor.qkv_lora2.up.weight"),
+     "transformer", "double_blocks.3.txt_attn.qkv"),
+    (("diffusion_model.single_blocks.1.processor.proj_lora.down.weight",
+      "diffusion_model.single_blocks.1.processor.proj_lora.up.weight"), "transformer", "single_blocks.1.linear2"),
+    (("transformer.a.b.lora_A.weight", "transformer.a.b.lora_B.weight"), "transformer", "a.b"),
+    (("a.b.lora_A.weight", "a.b.lora_B.weight"), "transformer", "a.b"),
+])
+def test_transformer_layouts(keys, component, name):
+    """kohya's lora_unet_ / lora_transformer_ and XLabs files belong to the pipeline's denoiser."""
+    down, up = _pair()
+    parsed = parse({keys[0]: down, keys[1]: up}, default_component="transformer")
+    assert list(parsed.components) == [component]
+    assert list(parsed.components[component].layers) == [name]
+
+
+@pytest.fixture(scope="module")
+def flux_table():
+    """Full-size FLUX.1-dev transformer (19 double, 38 single blocks), on the meta device."""
+    with torch.device("meta"):
+        model = kernel.component("FluxTransformer2DModel")(guidance_embeds=True)
+    return NameTable(model, "transformer")
+
+
+@pytest.mark.parametrize("name, naming, expected", [
+    ("double_blocks_18_img_attn_qkv", "kohya", [("transformer_blocks.18.attn.to_q", ((0, 3072),)),
+                                                ("transformer_blocks.18.attn.to_k", ((3072, 6144),)),
+                                                ("transformer_blocks.18.attn.to_v", ((6144, 9216),))]),
+    ("double_blocks.0.txt_attn.qkv", "dotted", [("transformer_blocks.0.attn.add_q_proj", ((0, 3072),)),
+                                                ("transformer_blocks.0.attn.add_k_proj", ((3072, 6144),)),
+                                                ("transformer_blocks.0.attn.add_v_proj", ((6144, 9216),))]),
+    ("single_blocks_37_linear1", "kohya", [("single_transformer_blocks.37.attn.to_q", ((0, 3072),)),
+                                           ("single_transformer_blocks.37.attn.to_k", ((3072, 6144),)),
+                                           ("single_transformer_blocks.37.attn.to_v", ((6144, 9216),)),
+                                           ("single_transformer_blocks.37.proj_mlp", ((9216, 21504),))]),
+    ("double_blocks_2_txt_mod_lin", "kohya", [("transformer_blocks.2.norm1_context.linear", None)]),
+    ("single_blocks_5_modulation_lin", "kohya", [("single_transformer_blocks.5.norm.linear", None)]),
+    ("guidance_in_out_layer", "kohya", [("time_text_embed.guidance_embedder.linear_2", None)]),
+    ("final_layer_adaLN_modulation_1", "kohya", [("norm_out.linear", ((3072, 6144), (0, 3072)))]),
+    ("transformer_blocks_4_attn_to_out_0", "kohya", [("transformer_blocks.4.attn.to_out.0", None)]),
+    ("transformer_blocks.4.ff_context.net.2", "dotted", [("transformer_blocks.4.ff_context.net.2", None)]),
+])
+def test_flux_original_names(flux_table, name, naming, expected):
+    assert [(t.path, t.rows) for t in flux_table.targets(name, naming)] == expected
+
+
+def test_flux_names_need_a_flux_model(flux_table):
+    assert flux_table.targets("double_blocks_19_img_attn_qkv", "kohya") is None
+    assert flux_table.targets("single_blocks_38_linear1", "kohya") is None
+    with torch.device("meta"):
+        sd3 = kernel.component("SD3Transformer2DModel")(num_layers=2)
+    assert NameTable(sd3, "transformer").targets("double_blocks_0_img_attn_qkv", "kohya") is None

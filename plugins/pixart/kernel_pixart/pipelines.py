@@ -22,6 +22,7 @@ from kernel.outputs import BaseOutput
 from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import check_output_type, check_prompts, check_size
 from kernel_guiders import PAGMixin
+from kernel_lora import PixArtLoraLoaderMixin
 from kernel_t5 import check_max_sequence_length, encode_prompt_with_mask
 
 from kernel_pixart.aspect_ratios import BINS_BY_SAMPLE_SIZE, closest_bin, resize_and_crop
@@ -34,7 +35,7 @@ class ImagePipelineOutput(BaseOutput):
     images: Any
 
 
-class PixArtAlphaPipeline(DiffusionPipeline):
+class PixArtAlphaPipeline(PixArtLoraLoaderMixin, DiffusionPipeline):
     """PixArt-alpha text-to-image (Diffusers' arguments, defaults and numbers)."""
 
     pipeline_family = "pixart"

@@ -22,6 +22,7 @@ from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import check_output_type, check_pooled, check_prompts, check_size, check_unsupported
 from kernel.pipeline_utils import retrieve_timesteps
 from kernel_guiders import PAGMixin
+from kernel_lora import SD3LoraLoaderMixin
 from kernel_sched_flow_match import calculate_shift
 from kernel_t5 import check_max_sequence_length
 
@@ -35,7 +36,7 @@ class StableDiffusion3PipelineOutput(BaseOutput):
     images: Any
 
 
-class _SD3Base(DiffusionPipeline):
+class _SD3Base(SD3LoraLoaderMixin, DiffusionPipeline):
     pipeline_family = "stable-diffusion-3"
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->image_encoder->transformer->vae"
     _optional_components = ["image_encoder", "feature_extractor", "text_encoder_3", "tokenizer_3"]
