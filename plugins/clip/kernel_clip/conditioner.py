@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import torch
 
 from kernel_layers.adapters import adapter_scale
-from kernel_clip.tokens import TokenRow, pack_windows, prompt_tokens, window_size
+from kernel_clip.tokens import TokenRow, pack_windows, prompt_tokens, rewrite_prompt, window_size
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def _apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 
 def _encode_plain(tokenizer, text_encoder, prompts, max_length, device, layer, clip_skip, use_mask, warn):
     """Diffusers' path: one padded, truncated sequence per prompt."""
+    prompts = [rewrite_prompt(tokenizer, p) for p in prompts]
     batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     if warn:
         limit = tokenizer.model_max_length

@@ -5,16 +5,45 @@ padding.  :func:`prompt_tokens` turns one prompt into its bare token ids and wei
 :func:`pack_windows` lays a list of those out as ``[batch, windows, 77]`` ids where every
 window is ``BOS + 75 tokens + EOS + padding`` (the layout the tokenizer itself produces, so a
 single window is exactly the ids Diffusers feeds the encoder).
+
+Prompt rewriters (:func:`add_prompt_rewriter`) are functions ``rewrite(tokenizer, prompt) -> prompt``
+that every prompt passes through, for each tokenizer, just before it is tokenized (prompt and
+negative prompt alike, before the emphasis syntax is parsed).  kernel-textual-inversion adds
+one that spells a multi-vector token ``<t>`` out as ``<t> <t>_1 <t>_2 ...``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
 from kernel_clip.emphasis import parse_emphasis
+
+
+PromptRewriter = Callable[[Any, str], str]
+_REWRITERS: list[PromptRewriter] = []
+
+
+def add_prompt_rewriter(rewrite: PromptRewriter) -> PromptRewriter:
+    """Run ``rewrite(tokenizer, prompt) -> prompt`` on every prompt before it is tokenized (once; in order added)."""
+    if rewrite not in _REWRITERS:
+        _REWRITERS.append(rewrite)
+    return rewrite
+
+
+def remove_prompt_rewriter(rewrite: PromptRewriter) -> None:
+    if rewrite in _REWRITERS:
+        _REWRITERS.remove(rewrite)
+
+
+def rewrite_prompt(tokenizer, prompt: str) -> str:
+    """``prompt`` after every registered rewriter, for ``tokenizer``."""
+    for rewrite in _REWRITERS:
+        prompt = rewrite(tokenizer, prompt)
+    return prompt
 
 
 @dataclass
@@ -36,6 +65,7 @@ def window_size(tokenizer) -> int:
 def prompt_tokens(tokenizer, prompt: str, emphasis: bool) -> TokenRow:
     """Token ids of ``prompt`` without special tokens; with ``emphasis`` the A1111 syntax is parsed
     and each piece is tokenized on its own, its tokens carrying the piece's weight."""
+    prompt = rewrite_prompt(tokenizer, prompt)
     pieces = parse_emphasis(prompt) if emphasis else [(prompt, 1.0)]
     ids: list[int] = []
     weights: list[float] = []

@@ -15,7 +15,9 @@ from kernel.image_processor import VaeImageProcessor
 from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import check_size
 from kernel_clip import PromptOptions
+from kernel_ip_adapter import IPAdapterMixin
 from kernel_lora import LoraLoaderMixin
+from kernel_textual_inversion import TextualInversionLoaderMixin
 
 from kernel_sd.common import check_embeds
 
@@ -35,7 +37,7 @@ def guidance_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: torch.d
     return emb
 
 
-class StableDiffusionBase(LoraLoaderMixin, DiffusionPipeline):
+class StableDiffusionBase(IPAdapterMixin, TextualInversionLoaderMixin, LoraLoaderMixin, DiffusionPipeline):
     """Shared construction, switches and the UNet evaluation.  Not used directly."""
 
     pipeline_family = "stable-diffusion"
@@ -112,6 +114,7 @@ class StableDiffusionBase(LoraLoaderMixin, DiffusionPipeline):
                 width // self.vae_scale_factor)
 
     def _late_conditioning(self, call: SimpleNamespace, cond, latents: torch.Tensor) -> None:
+        super()._late_conditioning(call, cond, latents)  # IP-Adapter image embeddings (IPAdapterMixin)
         call.timestep_cond = None
         dim = getattr(self.unet.config, "time_cond_proj_dim", None)
         if dim is not None:
@@ -120,7 +123,7 @@ class StableDiffusionBase(LoraLoaderMixin, DiffusionPipeline):
                                                                                  dtype=latents.dtype)
 
     def _added_cond(self, cond: dict) -> dict | None:
-        return None
+        return super()._added_cond(cond)  # IP-Adapter image embeddings (IPAdapterMixin), else None
 
     def _evaluate(self, model_input, timestep, cond, **kwargs):
         return self.unet(model_input, timestep, encoder_hidden_states=cond["prompt_embeds"],

@@ -6,7 +6,7 @@ arguments to :meth:`kernel.tasks.TaskMixin._generate`; this module supplies the 
 Safety checker and feature extractor components are accepted (``None`` included, with
 ``requires_safety_checker=False``) so Diffusers folders load and save unchanged, but no safety
 checker model is run: ``nsfw_content_detected`` is always ``None``.  ``image_encoder``
-(IP-Adapter) is accepted and stored, not used.
+is IP-Adapter's (``kernel_ip_adapter.IPAdapterMixin``).
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ class StableDiffusionPipeline(_StableDiffusionCommon):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -121,6 +123,8 @@ class StableDiffusionImg2ImgPipeline(_StableDiffusionCommon):
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -165,6 +169,8 @@ class StableDiffusionInpaintPipeline(_StableDiffusionCommon):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,

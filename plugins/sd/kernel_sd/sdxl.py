@@ -127,7 +127,8 @@ class _StableDiffusionXLCommon(StableDiffusionBase):
             cond.negative["add_time_ids"] = neg.repeat(b, 1)
 
     def _added_cond(self, cond: dict) -> dict:
-        return {"text_embeds": cond["add_text_embeds"], "time_ids": cond["add_time_ids"]}
+        added = super()._added_cond(cond) or {}  # IP-Adapter image embeddings (IPAdapterMixin)
+        return {**added, "text_embeds": cond["add_text_embeds"], "time_ids": cond["add_time_ids"]}
 
     def _encode_vae(self, pixels: torch.Tensor, generator) -> torch.Tensor:
         """SDXL's VAE overflows in float16: encode in float32 when it says ``force_upcast``."""
@@ -186,6 +187,8 @@ class StableDiffusionXLPipeline(_StableDiffusionXLCommon):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -257,6 +260,8 @@ class StableDiffusionXLImg2ImgPipeline(_XLImageBase):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -311,6 +316,8 @@ class StableDiffusionXLInpaintPipeline(_XLImageBase):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,

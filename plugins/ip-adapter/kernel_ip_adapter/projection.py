@@ -1,0 +1,117 @@
+"""Image projections: image-encoder outputs -> extra context tokens for the UNet's cross-attention.
+
+* :class:`ImageProjection` (IP-Adapter, Ye et al. 2023, arXiv:2308.06721): the pooled, projected CLIP
+  image embedding ``(N, D)`` -> ``(N, T, cross_attention_dim)`` by one linear layer and a layer norm
+  (shared with Kandinsky 2.2, so it lives in :mod:`kernel_layers.embeddings`).
+* :class:`IPAdapterPlusImageProjection` (IP-Adapter Plus): a Perceiver resampler (Jaegle et al. 2021,
+  arXiv:2103.03206; Alayrac et al. 2022, Flamingo) whose ``num_queries`` learned latents attend to the
+  penultimate CLIP hidden states ``(N, S, embed_dims)`` -> ``(N, num_queries, output_dims)``.
+* :class:`IPAdapterFullImageProjection` (IP-Adapter Full-face): an MLP and a layer norm on every hidden
+  state ``(N, S, D)`` -> ``(N, S, cross_attention_dim)``.
+* :class:`MultiIPAdapterImageProjection`: one projection per loaded IP-Adapter; installed as the UNet's
+  ``encoder_hid_proj`` with ``encoder_hid_dim_type="ip_image_proj"``.
+
+Attribute names are Diffusers' (``image_embeds``, ``layers.<i>.attn.to_q``, ``ff.net.0.proj`` ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernel_layers.activations import FeedForward
+from kernel_layers.attention import Attention
+from kernel_layers.embeddings import ImageProjection
+
+__all__ = ["ImageProjection", "IPAdapterFullImageProjection", "IPAdapterPlusImageProjection",
+           "IPAdapterPlusImageProjectionBlock", "MultiIPAdapterImageProjection", "embeds_layout"]
+
+
+class IPAdapterFullImageProjection(nn.Module):
+    """Every hidden state through an MLP and a layer norm: ``(N, S, D) -> (N, S, cross_attention_dim)``."""
+
+    def __init__(self, image_embed_dim: int = 1024, cross_attention_dim: int = 1024, inner_dim: int | None = None):
+        super().__init__()
+        self.ff = FeedForward(image_embed_dim, cross_attention_dim, mult=1, activation_fn="gelu", inner_dim=inner_dim)
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.ff(image_embeds))
+
+
+class IPAdapterPlusImageProjectionBlock(nn.Module):
+    """One resampler layer: the latents attend to ``[features; latents]``, then a pre-norm feed-forward."""
+
+    def __init__(self, embed_dims: int = 768, dim_head: int = 64, heads: int = 16, ffn_ratio: float = 4):
+        super().__init__()
+        self.ln0 = nn.LayerNorm(embed_dims)
+        self.ln1 = nn.LayerNorm(embed_dims)
+        self.attn = Attention(query_dim=embed_dims, dim_head=dim_head, heads=heads, out_bias=False)
+        self.ff = nn.Sequential(nn.LayerNorm(embed_dims),
+                                FeedForward(embed_dims, embed_dims, activation_fn="gelu", mult=ffn_ratio, bias=False))
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        latents = self.ln1(latents)
+        context = torch.cat([self.ln0(x), latents], dim=-2)
+        latents = self.attn(latents, context) + residual
+        return self.ff(latents) + latents
+
+
+class IPAdapterPlusImageProjection(nn.Module):
+    """Perceiver resampler of IP-Adapter Plus: ``(N, S, embed_dims) -> (N, num_queries, output_dims)``."""
+
+    def __init__(self, embed_dims: int = 768, output_dims: int = 1024, hidden_dims: int = 1280, depth: int = 4,
+                 dim_head: int = 64, heads: int = 16, num_queries: int = 8, ffn_ratio: float = 4):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(1, num_queries, hidden_dims) / hidden_dims**0.5)
+        self.proj_in = nn.Linear(embed_dims, hidden_dims)
+        self.proj_out = nn.Linear(hidden_dims, output_dims)
+        self.norm_out = nn.LayerNorm(output_dims)
+        self.layers = nn.ModuleList([IPAdapterPlusImageProjectionBlock(hidden_dims, dim_head, heads, ffn_ratio)
+                                     for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        latents = self.latents.repeat(x.shape[0], 1, 1)
+        x = self.proj_in(x)
+        for block in self.layers:
+            latents = block(x, latents, latents)
+        return self.norm_out(self.proj_out(latents))
+
+
+def embeds_layout(projection: nn.Module) -> tuple[int, int, str]:
+    """``(ndim, width, what)`` of the per-adapter embeddings a projection takes: ``(batch, images, width)``
+    pooled image embeddings for :class:`ImageProjection`, ``(batch, images, tokens, width)`` hidden states
+    for the others."""
+    if isinstance(projection, ImageProjection):
+        return 3, projection.image_embeds.in_features, "pooled image embeddings (image_encoder(...).image_embeds)"
+    if isinstance(projection, IPAdapterPlusImageProjection):
+        return 4, projection.proj_in.in_features, "penultimate hidden states of the image encoder"
+    if isinstance(projection, IPAdapterFullImageProjection):
+        return 4, projection.ff.net[0].proj.in_features, "penultimate hidden states of the image encoder"
+    raise TypeError(f"unknown IP-Adapter image projection {type(projection).__name__}")
+
+
+class MultiIPAdapterImageProjection(nn.Module):
+    """One projection per IP-Adapter.  Takes a list with one ``(batch, images, ...)`` tensor per adapter and
+    returns a list of ``(batch, images, tokens, cross_attention_dim)`` tensors."""
+
+    def __init__(self, IPAdapterImageProjectionLayers: list[nn.Module] | tuple[nn.Module, ...]):  # noqa: N803 - Diffusers' name
+        super().__init__()
+        self.image_projection_layers = nn.ModuleList(IPAdapterImageProjectionLayers)
+
+    @property
+    def num_ip_adapters(self) -> int:
+        return len(self.image_projection_layers)
+
+    def forward(self, image_embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+        if isinstance(image_embeds, torch.Tensor):  # one adapter, one image per row (Diffusers' older form)
+            image_embeds = [image_embeds.unsqueeze(1)]
+        if len(image_embeds) != len(self.image_projection_layers):
+            raise ValueError(f"image_embeds has {len(image_embeds)} entries for {len(self.image_projection_layers)} "
+                             "IP-Adapters; give one tensor per adapter")
+        out = []
+        for embeds, layer in zip(image_embeds, self.image_projection_layers):
+            batch, images = embeds.shape[:2]
+            tokens = layer(embeds.flatten(0, 1))
+            out.append(tokens.reshape(batch, images, *tokens.shape[1:]))
+        return out
