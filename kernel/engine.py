@@ -11,7 +11,7 @@ latents out).  Everything else is written here once:
 * conditioning hooks: components attached to the pipeline (``pipe.conditioning_hooks``) and the
   task's own (the masked-image channels of inpainting models) see every evaluation before the
   denoiser does and may add input channels, conditioning tensors or keyword arguments
-  (ControlNet residuals, IP-Adapter image embeddings).
+  (ControlNet and T2I-Adapter residuals).
 
 The step-end callback rule, the same in every family
 ----------------------------------------------------
