@@ -13,8 +13,8 @@ Sections (``--only`` takes their names):
 * ``compile``: the SDXL UNet under ``torch.compile(fullgraph=True)`` and under
   ``compile_repeated_blocks(fullgraph=True)`` (regional), each in a fresh process with an empty
   Inductor cache: cold compile time and compiled step time;
-* ``pipelines``: 50-step SD 1.5-shaped pipeline at 512x512 and 30-step SDXL-shaped pipeline at
-  1024x1024, fp16, end to end (prompt to ``np`` image); then the sync check: a hand-written
+* ``pipelines``: 50-step SD 1.5-shaped pipeline at 512x512 (also with an SD 1.5-shaped ControlNet) and 30-step
+  SDXL-shaped pipeline at 1024x1024, fp16, end to end (prompt to ``np`` image); then the sync check: a hand-written
   30-step SDXL loop (UNet, guidance, Euler) under ``torch.cuda.set_sync_debug_mode("error")``,
   and the pipelines' own loops with the mode switched on from the first step-end callback;
 * ``load``: the SDXL-sized fp16 pipeline (written once to a temporary folder, so the files
@@ -519,7 +519,27 @@ def sd15_pipelines(cfg: dict, device, dtype, tokenizer_dir: Path):
     return mine, other
 
 
-def time_pipelines(rep: Report, label: str, mine, other, size: int, steps: int, cfg: dict, device) -> None:
+def controlnet_pipelines(mine, other, device, dtype):
+    """The SD 1.5-shaped pipelines' ControlNet variants (``from_pipe``, sharing their modules) with a net started
+    from our UNet (``ControlNetModel.from_unet``) and its Diffusers twin; Diffusers' is ``None`` without it."""
+    factor = mine.vae_scale_factor
+    widths = (16, 32, 96, 256)[: factor.bit_length()]  # one stride-2 stage per halving: 8x -> 4 widths
+    with torch.device(device):
+        net = ours("ControlNetModel").from_unet(mine.unet, conditioning_embedding_out_channels=widths)
+    net = net.to(dtype).eval().requires_grad_(False)
+    cn_mine = ours("StableDiffusionControlNetPipeline").from_pipe(mine, controlnet=net)
+    cn_other = None
+    if other is not None and theirs("StableDiffusionControlNetPipeline") is not None:
+        config = {k: v for k, v in net.config.items() if not k.startswith("_")}
+        cn_other = theirs("StableDiffusionControlNetPipeline").from_pipe(
+            other, controlnet=twin(theirs("ControlNetModel"), config, net, device, dtype))
+    return cn_mine, cn_other
+
+
+def time_pipelines(rep: Report, label: str, mine, other, size: int, steps: int, cfg: dict, device,
+                   extra: dict | None = None, graphs: bool = True) -> None:
+    """End-to-end time of both pipelines (``extra``: further call arguments); with ``graphs``, ours again with
+    ``enable_cuda_graphs``."""
     images = {}
 
     def call(pipe, n):
@@ -528,7 +548,7 @@ def time_pipelines(rep: Report, label: str, mine, other, size: int, steps: int, 
         def run():
             images[id(pipe)] = pipe("a photo of an astronaut riding a horse", height=size, width=size,
                                     num_inference_steps=n, output_type="np",
-                                    generator=torch.Generator().manual_seed(0)).images
+                                    generator=torch.Generator().manual_seed(0), **(extra or {})).images
         return run
 
     for pipe in (mine, other):  # warm-up: kernels, cuBLAS handles, allocator
@@ -542,6 +562,8 @@ def time_pipelines(rep: Report, label: str, mine, other, size: int, steps: int, 
         note = f"max|image ours-diffusers| {diff:.3g}"
     rep.add(f"{label} pipeline {size}px {steps} steps {str(mine.unet.dtype)[6:]} end to end", "s", times["ours"],
             times.get("theirs"), "<= 0.95", note)
+    if not graphs:
+        return
     # The same pipeline with the denoiser replayed from CUDA graphs (pipe.enable_cuda_graphs()).
     if torch.device(device).type != "cuda":
         rep.note(f"{label} enable_cuda_graphs row skipped: needs CUDA")
@@ -690,6 +712,18 @@ def section_pipelines(rep: Report, cfg: dict, device, dtype, tokenizer_dir: Path
         mine, other = sd15_pipelines(cfg, device, dtype, tokenizer_dir)
         with torch.no_grad():
             time_pipelines(rep, "SD1.5-shaped", mine, other, size, steps, cfg, device)
+        if rep.left() > 60:  # the same pipeline with a ControlNet of the UNet's shape (issue 14)
+            from PIL import Image
+
+            edges = Image.fromarray((torch.rand(size, size, 3, generator=torch.Generator().manual_seed(0)) * 255)
+                                    .to(torch.uint8).numpy())
+            cn_mine, cn_other = controlnet_pipelines(mine, other, device, dtype)
+            with torch.no_grad():
+                time_pipelines(rep, "SD1.5-shaped ControlNet", cn_mine, cn_other, size, steps, cfg, device,
+                               extra={"image": edges}, graphs=False)
+            del cn_mine, cn_other
+        else:
+            rep.note(f"SD1.5-shaped ControlNet pipeline skipped: {rep.left():.0f} s of the time budget left")
         del mine, other
         free(device)
     mine, other = sdxl_pipelines(cfg, device, dtype, tokenizer_dir)
@@ -777,7 +811,7 @@ def main(argv=None) -> int:
     rep = Report(device, opts.budget_s, json_path)
     half = torch.float16 if device.type == "cuda" else torch.float32
     # Rough cost of each section on an H100 (seconds), to skip rather than overrun the budget.
-    cost = dict(unet=20, flux=15, compile=120, pipelines=90, load=0, explain=40) if not opts.tiny else {}
+    cost = dict(unet=20, flux=15, compile=120, pipelines=105, load=0, explain=40) if not opts.tiny else {}
     with tempfile.TemporaryDirectory(prefix="kbench-tok-") as tok:
         _weights.write_tokenizer(Path(tok))
         for name in SECTIONS:

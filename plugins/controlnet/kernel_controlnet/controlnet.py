@@ -14,6 +14,7 @@ checkpoints that carry it load) but not applied.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,58 +100,27 @@ def _per_block(value: Any, n: int, name: str) -> list:
     return [value] * n
 
 
-class ControlNetModel(ModelMixin, AttentionMixin):
-    """ControlNet with Diffusers' config keys and state-dict names (see the module docstring).
-
-    ``forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, ...,
-    guess_mode=False)`` returns :class:`ControlNetOutput` (or ``(down_block_res_samples,
-    mid_block_res_sample)``).  ``controlnet_cond`` is the control image in ``[0, 1]`` at the pixel size of
-    the latents times the VAE factor; ``added_cond_kwargs`` carries SDXL's ``text_embeds`` and ``time_ids``
-    (``addition_embed_type="text_time"``).
-    """
+class UNetControlNetBase(ModelMixin, AttentionMixin):
+    """What the UNet ControlNets (:class:`ControlNetModel`, ``ControlNetUnionModel``) share: the copy of the UNet's
+    encoder half with its embeddings, the control-image encoder and the zero convolutions (built by
+    :meth:`_build` from the config arguments), :meth:`from_unet`, the time / class / SDXL embedding and the pass
+    through the encoder half to the residuals (:meth:`_residuals`)."""
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D"]
     _repeated_blocks = ["BasicTransformerBlock"]
 
-    @register_to_config
-    def __init__(
-        self,
-        in_channels: int = 4,
-        conditioning_channels: int = 3,
-        flip_sin_to_cos: bool = True,
-        freq_shift: int = 0,
-        down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                             "DownBlock2D"),
-        mid_block_type: str | None = "UNetMidBlock2DCrossAttn",
-        only_cross_attention: bool | tuple[bool, ...] = False,
-        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
-        layers_per_block: int = 2,
-        downsample_padding: int = 1,
-        mid_block_scale_factor: float = 1,
-        act_fn: str = "silu",
-        norm_num_groups: int | None = 32,
-        norm_eps: float = 1e-5,
-        cross_attention_dim: int = 1280,
-        transformer_layers_per_block: int | tuple[int, ...] = 1,
-        encoder_hid_dim: int | None = None,
-        encoder_hid_dim_type: str | None = None,
-        attention_head_dim: int | tuple[int, ...] = 8,
-        num_attention_heads: int | tuple[int, ...] | None = None,
-        use_linear_projection: bool = False,
-        class_embed_type: str | None = None,
-        addition_embed_type: str | None = None,
-        addition_time_embed_dim: int | None = None,
-        num_class_embeds: int | None = None,
-        upcast_attention: bool = False,
-        resnet_time_scale_shift: str = "default",
-        projection_class_embeddings_input_dim: int | None = None,
-        controlnet_conditioning_channel_order: str = "rgb",
-        conditioning_embedding_out_channels: tuple[int, ...] | None = (16, 32, 96, 256),
-        global_pool_conditions: bool = False,
-        addition_embed_type_num_heads: int = 64,
-    ):
-        super().__init__()
+    def _build(self, *, in_channels: int, conditioning_channels: int, flip_sin_to_cos: bool, freq_shift: int,
+               down_block_types: tuple[str, ...], mid_block_type: str | None, only_cross_attention: Any,
+               block_out_channels: tuple[int, ...], layers_per_block: int, downsample_padding: int,
+               mid_block_scale_factor: float, act_fn: str, norm_num_groups: int | None, norm_eps: float,
+               cross_attention_dim: int, transformer_layers_per_block: Any, encoder_hid_dim: int | None,
+               encoder_hid_dim_type: str | None, attention_head_dim: Any, num_attention_heads: Any,
+               use_linear_projection: bool, class_embed_type: str | None, addition_embed_type: str | None,
+               addition_time_embed_dim: int | None, num_class_embeds: int | None, upcast_attention: bool,
+               resnet_time_scale_shift: str, projection_class_embeddings_input_dim: int | None,
+               controlnet_conditioning_channel_order: str, conditioning_embedding_out_channels: tuple[int, ...],
+               **_: Any) -> None:
         n = len(down_block_types)
         if len(block_out_channels) != n:
             raise ValueError(f"block_out_channels has {len(block_out_channels)} entries for {n} down_block_types")
@@ -160,7 +130,7 @@ class ControlNetModel(ModelMixin, AttentionMixin):
             raise ValueError(f"controlnet_conditioning_channel_order={controlnet_conditioning_channel_order!r}; "
                              f"use one of {CHANNEL_ORDERS}")
         if not isinstance(layers_per_block, int) or isinstance(cross_attention_dim, (list, tuple)):
-            raise ValueError("ControlNetModel takes one int layers_per_block and one int cross_attention_dim, "
+            raise ValueError(f"{type(self).__name__} takes one int layers_per_block and one int cross_attention_dim, "
                              f"got {layers_per_block!r} and {cross_attention_dim!r}")
         # Diffusers' configs name the head count attention_head_dim unless num_attention_heads is set.
         heads = _per_block(num_attention_heads or attention_head_dim, n, "num_attention_heads")
@@ -256,9 +226,10 @@ class ControlNetModel(ModelMixin, AttentionMixin):
     @classmethod
     def from_unet(cls, unet: torch.nn.Module, controlnet_conditioning_channel_order: str = "rgb",
                   conditioning_embedding_out_channels: tuple[int, ...] | None = (16, 32, 96, 256),
-                  load_weights_from_unet: bool = True, conditioning_channels: int = 3) -> "ControlNetModel":
+                  load_weights_from_unet: bool = True, conditioning_channels: int = 3, **config: Any):
         """A ControlNet shaped like ``unet``'s encoder half, its weights copied from ``unet`` (the zero
-        convolutions and the control-image encoder start fresh), as the paper initialises training."""
+        convolutions and the control-image encoder start fresh), as the paper initialises training.  ``config``:
+        further constructor arguments of the ControlNet class."""
         cfg = unet.config
         keys = ("in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "only_cross_attention",
                 "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
@@ -267,10 +238,11 @@ class ControlNetModel(ModelMixin, AttentionMixin):
                 "resnet_time_scale_shift", "projection_class_embeddings_input_dim", "mid_block_type",
                 "transformer_layers_per_block", "encoder_hid_dim", "encoder_hid_dim_type", "addition_embed_type",
                 "addition_time_embed_dim")
-        controlnet = cls(**{k: cfg[k] for k in keys if k in cfg},
+        takes = inspect.signature(cls.__init__).parameters
+        controlnet = cls(**{k: cfg[k] for k in keys if k in cfg and k in takes},
                          controlnet_conditioning_channel_order=controlnet_conditioning_channel_order,
                          conditioning_embedding_out_channels=conditioning_embedding_out_channels,
-                         conditioning_channels=conditioning_channels)
+                         conditioning_channels=conditioning_channels, **config)
         if load_weights_from_unet:
             shared = ["conv_in", "time_embedding", "down_blocks", "mid_block"]
             if controlnet.class_embedding is not None:
@@ -281,8 +253,9 @@ class ControlNetModel(ModelMixin, AttentionMixin):
                 getattr(controlnet, name).load_state_dict(getattr(unet, name).state_dict())
         return controlnet
 
-    # ------------------------------------------------------------------ forward
+    # ------------------------------------------------------------------ forward pieces
     def _embedding(self, sample: torch.Tensor, timestep, timestep_cond, class_labels, added_cond_kwargs):
+        """The time embedding plus the class and SDXL text-time embeddings, ``(B, 4 * block_out_channels[0])``."""
         timesteps = broadcast_timesteps(timestep, sample.shape[0], sample.device)
         emb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype), timestep_cond)
         if self.class_embedding is not None:
@@ -301,6 +274,88 @@ class ControlNetModel(ModelMixin, AttentionMixin):
             emb = emb + self.add_embedding(torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype))
         return emb
 
+    def _residuals(self, sample: torch.Tensor, emb: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                   attention_mask: torch.Tensor | None, cross_attention_kwargs: dict[str, Any] | None):
+        """``sample`` (the input conv's output plus the control) through the down stages and the mid block ->
+        ``(down, mid)``: each skip and the mid block's output through its zero convolution, unscaled."""
+        attn_kwargs = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
+                           cross_attention_kwargs=cross_attention_kwargs)
+        skips: tuple[torch.Tensor, ...] = (sample,)
+        for block in self.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                sample, res = block(hidden_states=sample, temb=emb, **attn_kwargs)
+            else:
+                sample, res = block(hidden_states=sample, temb=emb)
+            skips += res
+        if getattr(self.mid_block, "has_cross_attention", False):
+            sample = self.mid_block(sample, emb, **attn_kwargs)
+        else:
+            sample = self.mid_block(sample, emb)
+        return [conv(s) for s, conv in zip(skips, self.controlnet_down_blocks)], self.controlnet_mid_block(sample)
+
+    def _finish(self, down: list[torch.Tensor], mid: torch.Tensor, scale: float, guess_mode: bool, return_dict: bool):
+        """Scale (guess mode: 0.1 ... 1.0 from the shallowest skip), pool for ``global_pool_conditions``, wrap."""
+        pooled = self.config.global_pool_conditions
+        down, mid = scale_residuals(down, mid, scale, guess_mode and not pooled)
+        if pooled:
+            down = [d.mean(dim=(2, 3), keepdim=True) for d in down]
+            mid = mid.mean(dim=(2, 3), keepdim=True)
+        if not return_dict:
+            return down, mid
+        return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
+
+
+class ControlNetModel(UNetControlNetBase):
+    """ControlNet with Diffusers' config keys and state-dict names (see the module docstring).
+
+    ``forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, ...,
+    guess_mode=False)`` returns :class:`ControlNetOutput` (or ``(down_block_res_samples,
+    mid_block_res_sample)``).  ``controlnet_cond`` is the control image in ``[0, 1]`` at the pixel size of
+    the latents times the VAE factor; ``added_cond_kwargs`` carries SDXL's ``text_embeds`` and ``time_ids``
+    (``addition_embed_type="text_time"``).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 4,
+        conditioning_channels: int = 3,
+        flip_sin_to_cos: bool = True,
+        freq_shift: int = 0,
+        down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                             "DownBlock2D"),
+        mid_block_type: str | None = "UNetMidBlock2DCrossAttn",
+        only_cross_attention: bool | tuple[bool, ...] = False,
+        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
+        layers_per_block: int = 2,
+        downsample_padding: int = 1,
+        mid_block_scale_factor: float = 1,
+        act_fn: str = "silu",
+        norm_num_groups: int | None = 32,
+        norm_eps: float = 1e-5,
+        cross_attention_dim: int = 1280,
+        transformer_layers_per_block: int | tuple[int, ...] = 1,
+        encoder_hid_dim: int | None = None,
+        encoder_hid_dim_type: str | None = None,
+        attention_head_dim: int | tuple[int, ...] = 8,
+        num_attention_heads: int | tuple[int, ...] | None = None,
+        use_linear_projection: bool = False,
+        class_embed_type: str | None = None,
+        addition_embed_type: str | None = None,
+        addition_time_embed_dim: int | None = None,
+        num_class_embeds: int | None = None,
+        upcast_attention: bool = False,
+        resnet_time_scale_shift: str = "default",
+        projection_class_embeddings_input_dim: int | None = None,
+        controlnet_conditioning_channel_order: str = "rgb",
+        conditioning_embedding_out_channels: tuple[int, ...] | None = (16, 32, 96, 256),
+        global_pool_conditions: bool = False,
+        addition_embed_type_num_heads: int = 64,
+    ):
+        super().__init__()
+        self._build(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+
+    # ------------------------------------------------------------------ forward
     def forward(
         self,
         sample: torch.Tensor,
@@ -325,28 +380,5 @@ class ControlNetModel(ModelMixin, AttentionMixin):
         attention_mask = mask_to_bias(attention_mask, sample.dtype)
         emb = self._embedding(sample, timestep, timestep_cond, class_labels, added_cond_kwargs)
         sample = self.conv_in(sample) + self.controlnet_cond_embedding(controlnet_cond)
-
-        attn_kwargs = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
-                           cross_attention_kwargs=cross_attention_kwargs)
-        skips: tuple[torch.Tensor, ...] = (sample,)
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                sample, res = block(hidden_states=sample, temb=emb, **attn_kwargs)
-            else:
-                sample, res = block(hidden_states=sample, temb=emb)
-            skips += res
-        if getattr(self.mid_block, "has_cross_attention", False):
-            sample = self.mid_block(sample, emb, **attn_kwargs)
-        else:
-            sample = self.mid_block(sample, emb)
-
-        down = [conv(s) for s, conv in zip(skips, self.controlnet_down_blocks)]
-        mid = self.controlnet_mid_block(sample)
-        pooled = self.config.global_pool_conditions
-        down, mid = scale_residuals(down, mid, conditioning_scale, guess_mode and not pooled)
-        if pooled:
-            down = [d.mean(dim=(2, 3), keepdim=True) for d in down]
-            mid = mid.mean(dim=(2, 3), keepdim=True)
-        if not return_dict:
-            return down, mid
-        return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
+        down, mid = self._residuals(sample, emb, encoder_hidden_states, attention_mask, cross_attention_kwargs)
+        return self._finish(down, mid, conditioning_scale, guess_mode, return_dict)

@@ -1,6 +1,6 @@
 """The ControlNet conditioning hooks, one per denoiser architecture, each written once for every task and
-guider: :class:`ControlNetHook` (UNet: SD 1.x/2.x, SDXL), :class:`MMDiTControlNetHook` (SD3 / SD3.5) and
-:class:`FluxControlNetHook` (Flux.1).
+guider: :class:`ControlNetHook` (UNet: SD 1.x/2.x, SDXL; :class:`ControlNetUnionHook` for SDXL's union nets),
+:class:`MMDiTControlNetHook` (SD3 / SD3.5) and :class:`FluxControlNetHook` (Flux.1).
 
 Before each denoiser evaluation (:class:`kernel.engine.Evaluation`) a hook runs the pipeline's ControlNet(s)
 on the evaluation's latents and timestep and adds their residuals to the denoiser's keyword arguments.  It
@@ -51,7 +51,8 @@ class ControlInputs:
     """One call's control settings, per control ``k``: the ``cond`` key of its control image, its conditioning
     scale and its ``[start, end]`` window, the net it runs through (``nets``, default: net ``k``) and, for union
     ControlNets, its mode; whether guess mode is on (UNet); the length of the schedule the windows are
-    fractions of (None: the loop's); and the call's conditioning (the Flux hook reads its positive prompt)."""
+    fractions of (None: the loop's); the call's conditioning (the Flux hook reads its positive prompt); and whether
+    union nets run as members of a multi-net model (their residuals then carry the scale)."""
 
     images: list[str]
     scales: list[float]
@@ -62,6 +63,7 @@ class ControlInputs:
     nets: list[int] | None = None
     modes: list[Any] | None = None
     conditioning: Conditioning | None = None
+    from_multi: bool = False
 
     def step_scales(self, step: GuidanceStep) -> list[float]:
         """Each control's scale at ``step`` (0 outside its window)."""
@@ -114,12 +116,9 @@ class ControlNetHook(_Hook):
         cond = {k: take(v) for k, v in evaluation.cond.items()}
         added = getattr(pipe, "_added_cond", None)
         added_cond_kwargs = added(cond) if added is not None else None
-        sample = take(evaluation.model_input)
-        outputs = [nets[inputs.net_of(k)](sample, evaluation.timestep, cond["prompt_embeds"],
-                                          take(evaluation.shared[inputs.images[k]]), conditioning_scale=scales[k],
-                                          added_cond_kwargs=added_cond_kwargs, guess_mode=inputs.guess_mode,
-                                          return_dict=False)
-                   for k in active]
+        images = {k: take(evaluation.shared[inputs.images[k]]) for k in active}
+        outputs = self._run(nets, scales, active, take(evaluation.model_input), evaluation.timestep,
+                            cond["prompt_embeds"], images, added_cond_kwargs)
         down, mid = sum_residuals(outputs)
         if len(kept) < len(passes):
             down, mid = [self._spread(d, passes, kept, rows) for d in down], self._spread(mid, passes, kept, rows)
@@ -128,12 +127,68 @@ class ControlNetHook(_Hook):
             down, mid = [a + b for a, b in zip(kwargs[DOWN], down)], kwargs[MID] + mid
         kwargs[DOWN], kwargs[MID] = down, mid
 
+    def _run(self, nets: list, scales: list[float], active: list[int], sample: torch.Tensor, timestep: torch.Tensor,
+             text: torch.Tensor, images: dict[int, torch.Tensor], added_cond_kwargs: dict | None) -> list:
+        """``(down, mid)`` residuals of each active control ``k`` (its net on its image ``images[k]``)."""
+        return [nets[self.inputs.net_of(k)](sample, timestep, text, images[k], conditioning_scale=scales[k],
+                                            added_cond_kwargs=added_cond_kwargs, guess_mode=self.inputs.guess_mode,
+                                            return_dict=False)
+                for k in active]
+
     @staticmethod
     def _spread(x: torch.Tensor, passes, kept: list[int], rows: int) -> torch.Tensor:
         """Residuals of the kept passes' rows back into every pass's place, zeros elsewhere."""
         chunks = dict(zip(kept, x.split(rows)))
         zeros = x.new_zeros((rows, *x.shape[1:]))
         return torch.cat([chunks.get(i, zeros) for i in range(len(passes))])
+
+
+class ControlNetUnionHook(ControlNetHook):
+    """UNet hook for SDXL ControlNet-Union nets (``ControlNetUnionModel`` or a ``MultiControlNetUnionModel``).
+
+    Each net runs once per evaluation on all of its controls (images with their ``modes``), as Diffusers calls it:
+    a single union net given several images takes each image's scale (0 outside its window) and runs at every
+    step, since its residuals do not vanish with the images' scales; inside a multi-net model each net has one
+    scale for its residuals and is skipped while it is 0.
+    """
+
+    def __init__(self, component: str = "controlnet"):
+        super().__init__(component)
+        self._kinds: dict = {}
+        self._kinds_for: ControlInputs | None = None
+
+    def _control_type(self, net: Any, n: int, modes: list[int], like: torch.Tensor) -> torch.Tensor:
+        """Net ``n``'s multi-hot control modes for ``like``'s rows, made once per call (no per-step host work)."""
+        if self._kinds_for is not self.inputs:
+            self._kinds, self._kinds_for = {}, self.inputs
+        key = (n, like.shape[0], like.device, like.dtype)
+        if key not in self._kinds:
+            self._kinds[key] = net.control_type_of(modes, like.shape[0]).to(device=like.device, dtype=like.dtype)
+        return self._kinds[key]
+
+    def _active(self, pipe: Any, evaluation: Evaluation):
+        found = super()._active(pipe, evaluation)
+        inputs = self.inputs
+        if inputs is None or isinstance(getattr(pipe, self.component), NetList) or len(inputs.images) == 1:
+            return found
+        nets = controlnets_of(getattr(pipe, self.component))
+        return nets, inputs.step_scales(evaluation.step), list(range(len(inputs.images)))
+
+    def _run(self, nets: list, scales: list[float], active: list[int], sample: torch.Tensor, timestep: torch.Tensor,
+             text: torch.Tensor, images: dict[int, torch.Tensor], added_cond_kwargs: dict | None) -> list:
+        inputs = self.inputs
+        groups: dict[int, list[int]] = {}
+        for k in active:
+            groups.setdefault(inputs.net_of(k), []).append(k)
+        outputs = []
+        for n, controls in groups.items():
+            net, modes = nets[n], [inputs.modes[k] for k in controls]
+            kind = self._control_type(net, n, modes, text)
+            outputs.append(net(sample, timestep, text, [images[k] for k in controls], kind, modes,
+                               [scales[k] for k in controls], added_cond_kwargs=added_cond_kwargs,
+                               from_multi=inputs.from_multi, guess_mode=inputs.guess_mode,
+                               return_dict=False))
+        return outputs
 
 
 class MMDiTControlNetHook(_Hook):

@@ -1,6 +1,6 @@
 """Several ControlNets driving one denoiser: their residuals are summed (Diffusers' ``MultiControlNetModel``,
-``SD3MultiControlNetModel``, ``FluxMultiControlNetModel``).  :class:`NetList` is what they share: the list
-of nets, its checks, and files.
+``MultiControlNetUnionModel``, ``SD3MultiControlNetModel``, ``FluxMultiControlNetModel``).  :class:`NetList` is
+what they share: the list of nets, its checks, and files.
 
 Saved as one folder per net, Diffusers' ``MultiControlNetModel`` layout: ``<dir>``, ``<dir>_1``, ``<dir>_2``, ...
 """
@@ -18,6 +18,7 @@ from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
 
 from kernel_controlnet.controlnet import ControlNetModel
+from kernel_controlnet.controlnet_union import ControlNetUnionModel
 
 
 def sum_residuals(outputs: Sequence[tuple[list[torch.Tensor], torch.Tensor]]):
@@ -114,3 +115,40 @@ class MultiControlNetModel(NetList):
                    for net, image, scale in zip(self.nets, controlnet_cond, conditioning_scale)]
         # Like the reference, a tuple whatever return_dict says.
         return sum_residuals(outputs)
+
+
+class MultiControlNetUnionModel(NetList):
+    """A list of :class:`~kernel_controlnet.controlnet_union.ControlNetUnionModel` whose residuals add up; each
+    net takes its own list of control images and modes and one scale for its residuals (a net whose scale is 0
+    is skipped), as Diffusers' ``MultiControlNetUnionModel``."""
+
+    _net_class = ControlNetUnionModel
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        controlnet_cond: Sequence[Sequence[torch.Tensor]],
+        control_type: Sequence[torch.Tensor],
+        control_type_idx: Sequence[Sequence[int]],
+        conditioning_scale: Sequence[float],
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        guess_mode: bool = False,
+        return_dict: bool = True,
+    ):
+        self._check_per_net(controlnet_cond=controlnet_cond, control_type=control_type,
+                            control_type_idx=control_type_idx, conditioning_scale=conditioning_scale)
+        outputs = [net(sample, timestep, encoder_hidden_states, images, kind, modes, scale, class_labels=class_labels,
+                       timestep_cond=timestep_cond, attention_mask=attention_mask,
+                       added_cond_kwargs=added_cond_kwargs, cross_attention_kwargs=cross_attention_kwargs,
+                       from_multi=True, guess_mode=guess_mode, return_dict=False)
+                   for net, images, kind, modes, scale in zip(self.nets, controlnet_cond, control_type,
+                                                              control_type_idx, conditioning_scale)
+                   if scale != 0]
+        # Like the reference, a tuple whatever return_dict says; (None, None) when every net is off.
+        return sum_residuals(outputs) if outputs else (None, None)

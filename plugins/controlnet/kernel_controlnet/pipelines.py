@@ -76,6 +76,8 @@ class StableDiffusionControlNetPipeline(_SDControlNet, StableDiffusionPipeline):
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -113,6 +115,8 @@ class StableDiffusionControlNetImg2ImgPipeline(_SDControlNet, StableDiffusionImg
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -153,6 +157,8 @@ class StableDiffusionControlNetInpaintPipeline(_SDControlNet, StableDiffusionInp
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -196,6 +202,8 @@ class StableDiffusionXLControlNetPipeline(_XLControlNet, StableDiffusionXLPipeli
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -243,6 +251,8 @@ class StableDiffusionXLControlNetImg2ImgPipeline(_XLImageControlNet, StableDiffu
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -296,6 +306,8 @@ class StableDiffusionXLControlNetInpaintPipeline(_XLImageControlNet, StableDiffu
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -323,5 +335,14 @@ class StableDiffusionControlNetPAGPipeline(PAGMixin, StableDiffusionControlNetPi
     """Text-to-image with ControlNet and perturbed-attention guidance (the ControlNet is never perturbed)."""
 
 
+class StableDiffusionControlNetPAGInpaintPipeline(PAGMixin, StableDiffusionControlNetInpaintPipeline):
+    """Inpainting with ControlNet and perturbed-attention guidance.  Diffusers' class has no ``guess_mode``; here
+    it is kept from the ControlNet inpainting pipeline (default off)."""
+
+
 class StableDiffusionXLControlNetPAGPipeline(PAGMixin, StableDiffusionXLControlNetPipeline):
     """SDXL text-to-image with ControlNet and perturbed-attention guidance."""
+
+
+class StableDiffusionXLControlNetPAGImg2ImgPipeline(PAGMixin, StableDiffusionXLControlNetImg2ImgPipeline):
+    """SDXL image-to-image with ControlNet and perturbed-attention guidance."""

@@ -1,10 +1,11 @@
-"""The kernel contract suite on everything kernel-controlnet registers.
+"""The kernel contract suite on everything kernel-controlnet registers for the UNet families.
 
-* The eight pipelines (and a two-net pipeline, which is how ``MultiControlNetModel`` is used) run the
-  pipeline contracts, built from our own tiny components.
-* ``ControlNetModel`` runs the denoiser contracts (batch independence, determinism, dtype, save/load,
-  gradients, compile) through a view whose output is shaped like the sample: every residual,
-  averaged per item, shifts the input, so the output depends on every residual and parameter.
+* The thirteen pipelines (and two-net pipelines, which is how ``MultiControlNetModel`` and
+  ``MultiControlNetUnionModel`` are used) run the pipeline contracts, built from our own tiny components.
+* ``ControlNetModel`` and ``ControlNetUnionModel`` run the denoiser contracts (batch independence, determinism,
+  dtype, save/load, gradients, compile) through a view whose output is shaped like the sample: every residual,
+  averaged per item, shifts the input, so the output depends on every residual and parameter.  The union nets
+  declare their known failures themselves (their control tokens attend across the batch).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import cn_fixtures as cf  # noqa: E402
 from cn_fixtures import fx, single_thread  # noqa: E402,F401
 
-from kernel_controlnet import ControlNetModel  # noqa: E402
+from kernel_controlnet import ControlNetModel, ControlNetUnionModel  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -39,14 +40,23 @@ PIPELINES = {  # name: (xl, task, nets, extra constructor arguments)
     "StableDiffusionXLControlNetImg2ImgPipeline": (True, "image", 1, {}),
     "StableDiffusionXLControlNetInpaintPipeline": (True, "inpaint", 1, {}),
     "StableDiffusionControlNetPAGPipeline": (False, "text", 1, {"pag_applied_layers": ["mid", "up"]}),
+    "StableDiffusionControlNetPAGInpaintPipeline": (False, "inpaint", 1, {"pag_applied_layers": ["mid"]}),
     "StableDiffusionXLControlNetPAGPipeline": (True, "text", 1, {"pag_applied_layers": ["mid"]}),
+    "StableDiffusionXLControlNetPAGImg2ImgPipeline": (True, "image", 1, {"pag_applied_layers": ["mid"]}),
+    "StableDiffusionXLControlNetUnionPipeline": (True, "union-text", 1, {}),
+    "StableDiffusionXLControlNetUnionImg2ImgPipeline": (True, "union-image", 1, {}),
+    "StableDiffusionXLControlNetUnionInpaintPipeline": (True, "union-inpaint", 1, {}),
 }
+MODELS = ["ControlNetModel", "MultiControlNetModel", "ControlNetUnionModel", "MultiControlNetUnionModel"]
 CONTRACT_COVERS = ["StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline",
                    "StableDiffusionControlNetInpaintPipeline", "StableDiffusionXLControlNetPipeline",
                    "StableDiffusionXLControlNetImg2ImgPipeline", "StableDiffusionXLControlNetInpaintPipeline",
-                   "StableDiffusionControlNetPAGPipeline", "StableDiffusionXLControlNetPAGPipeline",
-                   "ControlNetModel", "MultiControlNetModel"]
-assert set(CONTRACT_COVERS) == set(PIPELINES) | {"ControlNetModel", "MultiControlNetModel"}
+                   "StableDiffusionControlNetPAGPipeline", "StableDiffusionControlNetPAGInpaintPipeline",
+                   "StableDiffusionXLControlNetPAGPipeline", "StableDiffusionXLControlNetPAGImg2ImgPipeline",
+                   "StableDiffusionXLControlNetUnionPipeline", "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+                   "StableDiffusionXLControlNetUnionInpaintPipeline",
+                   "ControlNetModel", "MultiControlNetModel", "ControlNetUnionModel", "MultiControlNetUnionModel"]
+assert set(CONTRACT_COVERS) == set(PIPELINES) | set(MODELS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,8 +79,10 @@ def _parts(xl: bool) -> dict:
 
 
 def _factory(name: str, xl: bool, nets: int, extra: dict):
+    make = cf.our_union_controlnet if "Union" in name else functools.partial(cf.our_controlnet, xl=xl)
+
     def build():
-        controlnets = [cf.our_controlnet(seed=5 + k, xl=xl) for k in range(nets)]
+        controlnets = [make(seed=5 + k) for k in range(nets)]
         return kernel.component(name)(**_parts(xl), controlnet=controlnets[0] if nets == 1 else controlnets, **extra)
     build.__name__ = name
     return build
@@ -82,12 +94,17 @@ def _inputs(task: str, nets: int):
         call = dict(prompt=[PROMPTS[i % len(PROMPTS)] for i in range(batch_size)], num_inference_steps=2,
                     generator=generator, height=SIZE, width=SIZE)
         control = control[0] if nets == 1 else control
-        if task == "text":
+        kind = task.removeprefix("union-")
+        if kind != task:
+            call.update(control_image=control, control_mode=[1, 3][:nets] if nets > 1 else 2)
+            if kind == "text":
+                return call
+        elif kind == "text":
             return {**call, "image": control}
         # strength 0.6 of 2 steps runs one step
-        call.update(image=[fx.image(SIZE, SIZE, seed=i) for i in range(batch_size)], control_image=control,
-                    strength=0.6)
-        if task == "inpaint":
+        call.update(image=[fx.image(SIZE, SIZE, seed=i) for i in range(batch_size)], strength=0.6)
+        call.setdefault("control_image", control)
+        if kind == "inpaint":
             call["mask_image"] = [fx.mask(SIZE, SIZE)] * batch_size
         return call
     return inputs
@@ -113,6 +130,18 @@ class TestMultiControlNetPipelineContracts(PipelineContract):
 
     def contract_inputs(self, pipe, batch_size, generator):
         return {**_inputs("text", 2)(pipe, batch_size, generator), "controlnet_conditioning_scale": [0.5, 1.5],
+                "control_guidance_start": [0.0, 0.5]}
+
+
+class TestMultiControlNetUnionPipelineContracts(PipelineContract):
+    """MultiControlNetUnionModel in use: two union nets, one image and mode each, per-net scales and windows."""
+
+    component = staticmethod(_factory("StableDiffusionXLControlNetUnionPipeline", True, 2, {}))
+    contract_options = {"name": "StableDiffusionXLControlNetUnionPipeline(MultiControlNetUnionModel)",
+                        "invalid_inputs": INVALID + [{"control_mode": [1]}]}
+
+    def contract_inputs(self, pipe, batch_size, generator):
+        return {**_inputs("union-text", 2)(pipe, batch_size, generator), "controlnet_conditioning_scale": [0.5, 1.5],
                 "control_guidance_start": [0.0, 0.5]}
 
 
@@ -143,3 +172,30 @@ class TestControlNetModelContracts(DenoiserContract):
                     controlnet_cond=torch.rand(batch_size, 3, 16, 16, generator=generator),
                     added_cond_kwargs={"text_embeds": torch.randn(batch_size, 32, generator=generator),
                                        "time_ids": torch.randn(batch_size, 6, generator=generator)})
+
+
+class ControlNetUnionDenoiserView(ControlNetUnionModel):
+    """``ControlNetUnionModel.forward`` on two control images (modes 1 and 4), residuals folded as above."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, controlnet_cond_2, **kwargs):
+        kwargs.pop("return_dict", None)
+        kind = self.control_type_of([1, 4], sample.shape[0], device=sample.device, dtype=sample.dtype)
+        down, mid = super().forward(sample, timestep, encoder_hidden_states, [controlnet_cond, controlnet_cond_2],
+                                    kind, [1, 4], [0.8, 1.2], return_dict=False, **kwargs)
+        shift = sum(r.mean(dim=(1, 2, 3)) for r in (*down, mid))
+        return (sample + shift[:, None, None, None],)
+
+
+def union_view():
+    torch.manual_seed(0)
+    view = ControlNetUnionDenoiserView(**cf.XL_UNION)
+    view.load_state_dict(cf.our_union_controlnet(seed=0).state_dict())
+    return view.eval()
+
+
+class TestControlNetUnionModelContracts(DenoiserContract):
+    component = union_view
+
+    def contract_inputs(self, model, batch_size, generator):
+        inputs = TestControlNetModelContracts.contract_inputs(self, model, batch_size, generator)
+        return {**inputs, "controlnet_cond_2": torch.rand(batch_size, 3, 16, 16, generator=generator)}

@@ -162,6 +162,28 @@ def test_pag_controlnet_matches_diffusers(name, xl, case):
     _same(theirs, ours, **_inputs("text", **case))
 
 
+PAG_IMAGE_CASES = {
+    "sd-inpaint": ("StableDiffusionControlNetPAGInpaintPipeline", False, "inpaint", dict(pag_scale=2.5)),
+    "sd-inpaint-no-cfg-window": ("StableDiffusionControlNetPAGInpaintPipeline", False, "inpaint",
+                                 dict(guidance_scale=1.0, control_guidance_start=0.3, strength=1.0)),
+    "sdxl-image": ("StableDiffusionXLControlNetPAGImg2ImgPipeline", True, "image", dict(pag_scale=2.5)),
+    "sdxl-image-adaptive-window": ("StableDiffusionXLControlNetPAGImg2ImgPipeline", True, "image",
+                                  dict(pag_adaptive_scale=0.002, control_guidance_end=0.6)),
+}
+
+
+@pytest.mark.parametrize("case", list(PAG_IMAGE_CASES))
+def test_pag_controlnet_image_tasks_match_diffusers(case):
+    name, xl, task, call = PAG_IMAGE_CASES[case]
+    theirs, ours = _pair(name, xl=xl, pag_applied_layers=["mid", "up"])
+    _same(theirs, ours, **_inputs(task, **call))
+
+
+def test_pag_controlnet_inpainting_unet_matches_diffusers():
+    theirs, ours = _pair("StableDiffusionControlNetPAGInpaintPipeline", inpaint_unet=True, pag_applied_layers=["mid"])
+    _same(theirs, ours, **_inputs("inpaint", strength=1.0))
+
+
 def test_pag_scale_zero_is_the_controlnet_pipeline():
     _, pag = _pair("StableDiffusionControlNetPAGPipeline", pag_applied_layers=["mid"])
     _, plain = _pair("StableDiffusionControlNetPipeline")

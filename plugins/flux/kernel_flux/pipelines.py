@@ -26,6 +26,7 @@ from kernel.outputs import BaseOutput
 from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import check_output_type, check_pooled, check_prompts, check_size, retrieve_timesteps
 from kernel.tasks import NoGuidance
+from kernel_ip_adapter import FluxIPAdapterMixin
 from kernel_lora import FluxLoraLoaderMixin
 from kernel_sched_flow_match import calculate_shift
 from kernel_t5 import as_prompt_list, check_max_sequence_length, repeat_per_prompt, t5_prompt_embeds
@@ -69,7 +70,7 @@ class FluxPipelineOutput(BaseOutput):
     images: Any
 
 
-class FluxPipeline(FluxLoraLoaderMixin, DiffusionPipeline):
+class FluxPipeline(FluxLoraLoaderMixin, FluxIPAdapterMixin, DiffusionPipeline):
     """Text-to-image with Flux.1 (Diffusers' arguments, defaults and numbers)."""
 
     pipeline_family = "flux"
@@ -221,7 +222,9 @@ class FluxPipeline(FluxLoraLoaderMixin, DiffusionPipeline):
                  true_cfg_scale: float = 1.0, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 28, sigmas=None, guidance_scale: float | None = None,
                  num_images_per_prompt: int = 1, generator=None, latents=None, prompt_embeds=None,
-                 pooled_prompt_embeds=None, negative_prompt_embeds=None, negative_pooled_prompt_embeds=None,
+                 pooled_prompt_embeds=None, ip_adapter_image=None, ip_adapter_image_embeds=None,
+                 negative_ip_adapter_image=None, negative_ip_adapter_image_embeds=None, negative_prompt_embeds=None,
+                 negative_pooled_prompt_embeds=None,
                  output_type: str = "pil", return_dict: bool = True, joint_attention_kwargs=None,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
                  max_sequence_length: int = 512):
@@ -241,7 +244,8 @@ class FluxImg2ImgPipeline(FluxPipeline):
                  true_cfg_scale: float = 1.0, image=None, height: int | None = None, width: int | None = None,
                  strength: float = 0.6, num_inference_steps: int = 28, sigmas=None,
                  guidance_scale: float | None = None, num_images_per_prompt: int = 1, generator=None, latents=None,
-                 prompt_embeds=None, pooled_prompt_embeds=None, negative_prompt_embeds=None,
+                 prompt_embeds=None, pooled_prompt_embeds=None, ip_adapter_image=None, ip_adapter_image_embeds=None,
+                 negative_ip_adapter_image=None, negative_ip_adapter_image_embeds=None, negative_prompt_embeds=None,
                  negative_pooled_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
                  joint_attention_kwargs=None, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",), max_sequence_length: int = 512):
@@ -267,7 +271,8 @@ class FluxInpaintPipeline(FluxPipeline):
                  height: int | None = None, width: int | None = None, padding_mask_crop: int | None = None,
                  strength: float = 0.6, num_inference_steps: int = 28, sigmas=None,
                  guidance_scale: float | None = None, num_images_per_prompt: int = 1, generator=None, latents=None,
-                 prompt_embeds=None, pooled_prompt_embeds=None, negative_prompt_embeds=None,
+                 prompt_embeds=None, pooled_prompt_embeds=None, ip_adapter_image=None, ip_adapter_image_embeds=None,
+                 negative_ip_adapter_image=None, negative_ip_adapter_image_embeds=None, negative_prompt_embeds=None,
                  negative_pooled_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
                  joint_attention_kwargs=None, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",), max_sequence_length: int = 512):

@@ -3,6 +3,7 @@
     kernel generate "a blue star at the center on a black background"
     kernel generate "a red circle at the top left on a white background" --sampler "DPM++ 2M" --steps 20 --batch 4
     kernel generate --from output.png            # the same picture again, from its parameters
+    kernel generate "a bird" --control canny:photo.png --controlnet ./sd-controlnet-canny
 
 The model defaults to the one an installed plugin offers through the ``kernel.models``
 entry-point group (``name = "module:function"``, the function returning the model folder);
@@ -14,6 +15,9 @@ AUTOMATIC1111's webui writes them (prompt, ``Negative prompt:`` line, then ``Key
 pairs), so other tools read them and ``--from`` reproduces the picture.  Pictures of a batch
 use seeds ``seed, seed + 1, ...`` (as the webui does) and are generated one at a time, so
 ``--from`` on any of them gives that exact picture.
+
+``--control KIND:PATH --controlnet NET`` steers the picture with a ControlNet (see
+:mod:`kernel_generate.control`); the control and the net are recorded in the PNG too.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kernel_generate import control
+
 MODELS_GROUP = "kernel.models"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_STEPS = 20
@@ -33,6 +39,7 @@ DEFAULT_GUIDANCE = 5.0
 #: Infotext keys this command writes and reads back (A1111 names where A1111 has one).
 KEY_STEPS, KEY_SAMPLER, KEY_CFG, KEY_SEED, KEY_SIZE, KEY_MODEL, KEY_DTYPE = (
     "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Dtype")
+KEY_CONTROL, KEY_CONTROLNET, KEY_CONTROL_SCALE = "Control", "ControlNet", "Control scale"
 
 
 # ---------------------------------------------------------------------------- models
@@ -151,6 +158,9 @@ def apply_infotext(args: argparse.Namespace, given: set[str]) -> None:
     take("size", KEY_SIZE)
     take("model", KEY_MODEL)
     take("dtype", KEY_DTYPE)
+    take("control", KEY_CONTROL)
+    take("controlnet", KEY_CONTROLNET)
+    take("control_scale", KEY_CONTROL_SCALE, float)
     if "batch" not in given:
         args.batch = 1
 
@@ -173,6 +183,13 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="PNG to write (default output.png; a folder gets output.png inside)")
     p.add_argument("--from", dest="from_png", default=None, metavar="PNG",
                    help="reproduce a picture from the parameters stored in it (other options override)")
+    p.add_argument("--control", default=None, metavar="KIND:PATH",
+                   help="control image for --controlnet: canny:PICTURE (edges made from a picture) or image:PATH "
+                        "(an already prepared control image)")
+    p.add_argument("--controlnet", default=None, metavar="NET",
+                   help="ControlNet folder or Hub id (needs kernel-controlnet); the model's ControlNet pipeline is used")
+    p.add_argument("--control-scale", dest="control_scale", type=float, default=None,
+                   help="controlnet_conditioning_scale (default: the pipeline's, 1.0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_generate, _parser=p)
     return p
@@ -255,6 +272,31 @@ def _out_paths(out: str | None, count: int) -> tuple[list[Path], Path | None]:
     return [path.with_name(f"{path.stem}-{i}.png") for i in range(count)], path.with_name(f"{path.stem}-grid.png")
 
 
+def infotext_params(*, steps: int, sampler: str, guidance: float, seed: int, width: int, height: int,
+                    model: str, dtype: str, control: str | None = None, controlnet: str | None = None,
+                    control_scale: float | None = None) -> dict[str, Any]:
+    """The ``Key: value`` pairs of one picture's ``parameters`` text (what ``--from`` reads back; the control
+    keys only when a ControlNet was used)."""
+    return {KEY_STEPS: steps, KEY_SAMPLER: sampler, KEY_CFG: guidance, KEY_SEED: seed,
+            KEY_SIZE: f"{width}x{height}", KEY_MODEL: model, KEY_DTYPE: dtype, KEY_CONTROL: control,
+            KEY_CONTROLNET: controlnet, KEY_CONTROL_SCALE: control_scale, "Version": "kernel"}
+
+
+def render(pipe, prompt: str, negative: str | None, *, steps: int, guidance: float, seed: int, width: int,
+           height: int, **call_kwargs: Any):
+    """One picture, exactly as ``kernel generate`` makes it: the seed drives a CPU generator.
+
+    ``call_kwargs`` go to the pipeline call as they are (``kernel serve`` passes ``callback_on_step_end``
+    for its progress and cancel).
+    """
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.inference_mode():
+        return pipe(prompt, negative_prompt=negative or None, num_inference_steps=steps, guidance_scale=guidance,
+                    height=height, width=width, generator=generator, **call_kwargs).images[0]
+
+
 def run_generate(args: argparse.Namespace) -> int:
     given = {k for k, v in vars(args).items() if v is not None and k not in ("func", "_parser", "from_png")}
     if args.from_png:
@@ -272,8 +314,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be in 1..64, got {batch}")
     seed = random.randrange(2**32) if args.seed is None or args.seed < 0 else args.seed
     size = parse_size(args.size) if args.size else None
+    control.check_control_options(args.control, args.controlnet, args.control_scale)
 
-    import torch
     from PIL.PngImagePlugin import PngInfo
 
     if args.sampler:
@@ -293,19 +335,21 @@ def run_generate(args: argparse.Namespace) -> int:
         import kernel
 
         pipe.scheduler = kernel.sampler(args.sampler, pipe.scheduler.config)
+    call: dict[str, Any] = {}
+    if args.control is not None:
+        pipe = control.controlled_pipeline(pipe, args.controlnet, dtype, device)
+        call = control.control_call(pipe, control.control_image(args.control, width, height), args.control_scale)
     pipe.set_progress_bar_config(disable=args.no_progress)
 
     paths, grid_path = _out_paths(args.out, batch)
     images = []
     for i, path in enumerate(paths):
         image_seed = seed + i
-        generator = torch.Generator(device="cpu").manual_seed(image_seed)
-        with torch.inference_mode():
-            image = pipe(args.prompt, negative_prompt=args.negative or None, num_inference_steps=steps,
-                         guidance_scale=guidance, height=height, width=width, generator=generator).images[0]
-        params = {KEY_STEPS: steps, KEY_SAMPLER: sampler_name, KEY_CFG: guidance, KEY_SEED: image_seed,
-                  KEY_SIZE: f"{width}x{height}", KEY_MODEL: model_name, KEY_DTYPE: dtype_name,
-                  "Version": "kernel"}
+        image = render(pipe, args.prompt, args.negative, steps=steps, guidance=guidance, seed=image_seed,
+                       width=width, height=height, **call)
+        params = infotext_params(steps=steps, sampler=sampler_name, guidance=guidance, seed=image_seed,
+                                 width=width, height=height, model=model_name, dtype=dtype_name,
+                                 control=args.control, controlnet=args.controlnet, control_scale=args.control_scale)
         info = PngInfo()
         info.add_text("parameters", format_infotext(args.prompt, args.negative or "", params))
         image.save(path, pnginfo=info)

@@ -124,3 +124,87 @@ def test_infotext_round_trip_and_parse_of_webui_text():
     assert (prompt, negative, params["Sampler"], params["Size"]) == ("masterpiece, cat", "dog", "Euler a", "512x768")
     assert parse_infotext("just a prompt") == ("just a prompt", "", {})
     assert parse_size("64x48") == (64, 48)
+
+
+# ---------------------------------------------------------------------------- --control / --controlnet
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a shared, busy CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def controlnet_folder(tmp_path_factory):
+    """A tiny ControlNet started from the embedded model's UNet (its control encoder downsamples 4x, the VAE's
+    factor), its zero-initialised output layers randomised so that it steers the picture."""
+    pytest.importorskip("kernel_controlnet")
+    import torch
+
+    import kernel
+
+    unet = kernel.component("UNet2DConditionModel").from_pretrained(Path(resolve_model(None)[1]) / "unet")
+    torch.manual_seed(0)
+    net = kernel.component("ControlNetModel").from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    folder = tmp_path_factory.mktemp("controlnet")
+    net.save_pretrained(folder)
+    picture = tmp_path_factory.mktemp("pictures") / "photo.png"
+    Image.fromarray((np.indices((96, 96)).sum(0) % 32 < 16).astype(np.uint8) * 255).convert("RGB").save(picture)
+    return folder, picture
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_control_steers_the_picture_canny_equals_its_prepared_image_and_from_reproduces_it(tmp_path,
+                                                                                          controlnet_folder):
+    from kernel_controlnet import canny
+
+    folder, picture = controlnet_folder
+    edges = tmp_path / "edges.png"
+    with Image.open(picture) as im:  # what canny:PICTURE does: resize to the output size, then edges
+        canny(im.convert("RGB").resize((64, 64), Image.Resampling.LANCZOS)).save(edges)
+    common = [PROMPT, "--steps", "1", "--seed", "3", "--no-progress"]
+    control = ["--controlnet", str(folder), "--control-scale", "1.5"]
+    out = {name: tmp_path / f"{name}.png" for name in ("plain", "canny", "image", "again")}
+    assert main(["generate", *common, "--out", str(out["plain"])]) == 0
+    assert main(["generate", *common, "--control", f"canny:{picture}", *control, "--out", str(out["canny"])]) == 0
+    assert main(["generate", *common, "--control", f"image:{edges}", *control, "--out", str(out["image"])]) == 0
+    assert np.abs(_pixels(out["canny"]).astype(int) - _pixels(out["plain"]).astype(int)).max() > 10
+    assert np.array_equal(_pixels(out["canny"]), _pixels(out["image"]))
+    params = _params(out["canny"])[2]
+    assert params["Control"] == f"canny:{picture}" and params["ControlNet"] == str(folder)
+    assert params["Control scale"] == "1.5"
+    assert main(["generate", "--from", str(out["canny"]), "--out", str(out["again"]), "--no-progress"]) == 0
+    assert np.array_equal(_pixels(out["canny"]), _pixels(out["again"]))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--control", "canny:x.png"], "--controlnet is missing"),
+    (["--controlnet", "net"], "--control is missing"),
+    (["--control", "depth:x.png", "--controlnet", "net"], "KIND:PATH"),
+    (["--control-scale", "0.5"], "--control-scale needs"),
+    (["--control", "image:missing.png", "--controlnet", "CONTROLNET"], "no such file"),
+    (["--control", "canny:PICTURE", "--controlnet", "NOWHERE"], "cannot load the ControlNet"),
+    (["--control", "canny:PICTURE", "--controlnet", "UNION"], "is a ControlNetUnionModel"),
+    (["--control", "canny:PICTURE", "--controlnet", "CONTROLNET", "--control-scale", "nan"], "--control-scale"),
+])
+def test_bad_control_options_are_one_clear_line(tmp_path, capsys, controlnet_folder, argv, needle):
+    folder, picture = controlnet_folder
+    union = tmp_path / "union"
+    union.mkdir()
+    (union / "config.json").write_text('{"_class_name": "ControlNetUnionModel"}')
+    argv = [{"CONTROLNET": str(folder), "PICTURE": str(picture), "canny:PICTURE": f"canny:{picture}",
+             "NOWHERE": str(tmp_path / "nowhere"), "UNION": str(union)}.get(a, a) for a in argv]
+    code = main(["generate", PROMPT, "--steps", "1", "--out", str(tmp_path / "x.png"), "--no-progress", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "x.png").exists()

@@ -1,4 +1,5 @@
-"""One LoRA for one model, as a :class:`kernel.protocols.Adapter`: ``apply(model, scale)`` / ``remove(model)``.
+"""One LoRA (or LyCORIS LoHa / LoKr) for one model, as a :class:`kernel.protocols.Adapter`: ``apply(model, scale)`` /
+``remove(model)``.
 
     adapter = LoraAdapter(load_file("lora.safetensors"), adapter_name="style", component="unet")
     adapter.apply(pipe.unet, 0.8)     # peft LoRA layers, weight 0.8
@@ -15,9 +16,10 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from kernel_lora import layers
+from kernel_lora import layers, lycoris
 from kernel_lora.flux_names import Target
 from kernel_lora.formats import ComponentLora, LoraFormatError, LoraWeight, apply_metadata, parse
+from kernel_lora.lycoris import LycorisWeight
 from kernel_lora.names import NameTable
 
 
@@ -135,6 +137,20 @@ class LoraAdapter:
             if targets is None:
                 unknown.append(name)
                 continue
+            if isinstance(w, LycorisWeight):
+                if len(targets) != 1 or targets[0].rows is not None:
+                    wrong.append(f"{name}: a {w.kind} layer on a fused projection of the original model is not "
+                                 "supported")
+                    continue
+                path = targets[0].path
+                why = lycoris.fit(w, table.modules[path])
+                if why is not None:
+                    wrong.append(f"{path}: {why}")
+                elif path in fitted:
+                    wrong.append(f"{path}: given twice (as {name!r} and another name)")
+                else:
+                    fitted[path] = w
+                continue
             parts = _split(w, targets)
             if isinstance(parts, str):
                 wrong.append(f"{name}: {parts}")
@@ -176,7 +192,10 @@ class LoraAdapter:
         fitted, modules = self._check(model) if checked is None else checked
         active = [] if alone else layers.active_adapters(model)
         try:
-            layers.inject(model, self.adapter_name, fitted, modules)
+            if self.weights.kind == "lora":
+                layers.inject(model, self.adapter_name, fitted, modules)
+            else:
+                lycoris.inject(model, self.adapter_name, fitted, modules)
         except Exception:
             layers.remove(model, self.adapter_name)
             raise
@@ -196,7 +215,12 @@ class LoraAdapter:
     def delta(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``{module path: scale * up @ down}``: the weight change at scale 1 (for inspection and tests)."""
         out = {}
-        for path, w in self.check(model).items():
+        fitted, modules = self._check(model)
+        for path, w in fitted.items():
+            if isinstance(w, LycorisWeight):
+                float32 = LycorisWeight(w.kind, {k: v.float() for k, v in w.tensors.items()}, w.alpha)
+                out[path] = lycoris.delta_weight(float32).reshape(modules[path].weight.shape)
+                continue
             down, up = w.down.flatten(1).float(), w.up.flatten(1).float()
             out[path] = w.scale * (up @ down)
         return out

@@ -23,6 +23,12 @@ The layouts found in the wild store the same pairs under different names:
     ``double_blocks.<i>.processor.qkv_lora1.down.weight`` (``qkv_lora2``, ``proj_lora1``,
     ``proj_lora2``; ``single_blocks.<i>.processor.qkv_lora`` / ``proj_lora``), no alpha.
 
+LyCORIS (KohakuBlueleaf/LyCORIS) LoHa and LoKr layers come in the kohya names (or as dotted module
+paths) with their own factors instead of ``lora_down`` / ``lora_up``: ``hada_w1_a``, ``hada_w1_b``,
+``hada_w2_a``, ``hada_w2_b`` (``hada_t1`` / ``hada_t2`` for CP-decomposed convolutions) and ``lokr_w1`` (or
+``lokr_w1_a`` / ``lokr_w1_b``), ``lokr_w2`` (or ``lokr_w2_a`` / ``lokr_w2_b``, ``lokr_t2``), with ``alpha``;
+they are read into :class:`kernel_lora.lycoris.LycorisWeight` and loaded into peft's LoHa / LoKr layers.
+
 Layer names are resolved against the model (:mod:`kernel_lora.names`), including the original
 Flux names whose fused ``qkv`` projections are split over ``to_q`` / ``to_k`` / ``to_v``.
 A layout that matches none of these raises ``ValueError`` naming the keys; nothing is guessed.
@@ -36,6 +42,8 @@ import re
 from typing import Any, Mapping
 
 import torch
+
+from kernel_lora.lycoris import LYCORIS_PARTS, LycorisWeight, check_parts
 
 #: Component prefixes of the dotted layouts, longest first (``text_encoder_2.`` before ``text_encoder.``).
 COMPONENT_PREFIXES = ("text_encoder_3", "text_encoder_2", "text_encoder", "transformer", "unet")
@@ -52,8 +60,10 @@ _DOTTED_SUFFIXES = (
     (".lora.down.weight", "down"),
     (".lora.up.weight", "up"),
     (".alpha", "alpha"),
+    *((f".{part}", part) for part in LYCORIS_PARTS),
 )
-_KOHYA_SUFFIXES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
+_KOHYA_SUFFIXES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha",
+                   **{part: part for part in LYCORIS_PARTS}}
 # Attention-processor names: the projection each one adapts, in the UNet and in a CLIP text encoder.
 _ATTN_PROC = re.compile(r"^(?P<stem>.*?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)\.weight$")
 _ATTN_PROC_TARGET = {
@@ -73,8 +83,8 @@ _UNSUPPORTED = {
     "lora_magnitude_vector": "DoRA (weight-decomposed LoRA)",
     "dora_scale": "DoRA (weight-decomposed LoRA)",
     "lora_mid": "LoCon with a Tucker middle factor",
-    "hada_": "LoHa (LyCORIS)",
-    "lokr_": "LoKr (LyCORIS)",
+    "hada_": "a LoHa (LyCORIS) factor of an unknown kind",
+    "lokr_": "a LoKr (LyCORIS) factor of an unknown kind",
     "lora_embedding_": "embedding LoRA",
     "query_norm.scale": "Flux Control LoRA (BFL layout: it also replaces norm weights and widens the input layer)",
     ".norm_q.weight": "Flux Control LoRA (it also replaces norm weights)",
@@ -119,9 +129,15 @@ class ComponentLora:
     is the file's layout, for messages.
     """
 
-    layers: dict[str, LoraWeight]
+    layers: dict[str, LoraWeight | LycorisWeight]
     naming: str = "dotted"
     layout: str = "peft"
+
+    @property
+    def kind(self) -> str:
+        """``"lora"``, or the LyCORIS algorithm (``"loha"``, ``"lokr"``) of every layer."""
+        first = next(iter(self.layers.values()), None)
+        return first.kind if isinstance(first, LycorisWeight) else "lora"
 
 
 @dataclasses.dataclass
@@ -155,11 +171,32 @@ def _scalar(value: Any, key: str) -> float:
     return float(value)
 
 
-def _store(layers: dict[str, LoraWeight], name: str, part: str, value: Any, key: str) -> None:
+_KIND_NAMES = {"loha": "LoHa", "lokr": "LoKr"}
+
+
+def _store(layers: dict[str, LoraWeight | LycorisWeight], name: str, part: str, value: Any, key: str) -> None:
     layer = layers.setdefault(name, LoraWeight())
     if part == "alpha":
         layer.alpha = _scalar(value, key)
         return
+    if part in LYCORIS_PARTS:
+        kind = "loha" if part.startswith("hada_") else "lokr"
+        if isinstance(layer, LoraWeight):
+            if layer.down is not None or layer.up is not None or layer.up_bias is not None:
+                raise LoraFormatError(f"layer {name!r} has both LoRA and LyCORIS {_KIND_NAMES[kind]} weights (one is "
+                                      f"{key!r})")
+            layer = layers[name] = LycorisWeight(kind, {}, layer.alpha)
+        elif layer.kind != kind:
+            raise LoraFormatError(f"layer {name!r} mixes LoHa and LoKr factors (one is {key!r})")
+        if not isinstance(value, torch.Tensor):
+            raise LoraFormatError(f"{key!r} should be a tensor, got {type(value).__name__}")
+        if part in layer.tensors:
+            raise LoraFormatError(f"two keys give {part} of layer {name!r} (one of them {key!r})")
+        layer.tensors[part] = value
+        return
+    if isinstance(layer, LycorisWeight):
+        raise LoraFormatError(f"layer {name!r} has both LyCORIS {_KIND_NAMES[layer.kind]} and LoRA weights (one is "
+                              f"{key!r})")
     if not isinstance(value, torch.Tensor):
         raise LoraFormatError(f"{key!r} should be a tensor, got {type(value).__name__}")
     if getattr(layer, part) is not None:
@@ -169,7 +206,15 @@ def _store(layers: dict[str, LoraWeight], name: str, part: str, value: Any, key:
 
 def _check_pairs(components: dict[str, ComponentLora], source: str) -> None:
     for component, comp in components.items():
+        kinds = sorted({w.kind if isinstance(w, LycorisWeight) else "lora" for w in comp.layers.values()})
+        if len(kinds) > 1:
+            raise LoraFormatError(f"{source}: {component} mixes layers of kinds {kinds}; one adapter holds one kind")
         for name, layer in comp.layers.items():
+            if isinstance(layer, LycorisWeight):
+                problem = check_parts(layer)
+                if problem:
+                    raise LoraFormatError(f"{source}: layer {name!r} of {component}: {problem}")
+                continue
             if layer.down is None or layer.up is None:
                 missing = "down (lora_A)" if layer.down is None else "up (lora_B)"
                 raise LoraFormatError(f"{source}: layer {name!r} of {component} has no {missing} weight")

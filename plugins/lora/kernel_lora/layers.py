@@ -9,6 +9,7 @@ activation and weights by name, and removal that gives back the original modules
 from __future__ import annotations
 
 import collections
+import copy
 import re
 import warnings
 from typing import Iterable, Mapping
@@ -67,18 +68,20 @@ def lora_config(layers: Mapping[str, LoraWeight]):
 def inject(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraWeight], reference: Mapping[str, nn.Module]) -> None:
     """Add adapter ``adapter_name`` with ``layers`` (``{module path: weights}``, already checked) to ``model``.
 
-    Each tensor goes straight to its base layer's device and dtype.  The base parameters keep
-    their ``requires_grad`` flags (peft would freeze them).
+    Each tensor goes straight to its base layer's device and dtype (a quantized base layer's int8 or
+    packed 4-bit weight is no dtype for LoRA: the LoRA weights keep theirs).  The base parameters
+    keep their ``requires_grad`` flags (peft would freeze them).
     """
     from peft import inject_adapter_in_model, set_peft_model_state_dict
 
     state: dict[str, torch.Tensor] = {}
     for path, w in layers.items():
         base = reference[path].weight
-        state[f"{path}.lora_A.weight"] = w.down.to(device=base.device, dtype=base.dtype)
-        state[f"{path}.lora_B.weight"] = w.up.to(device=base.device, dtype=base.dtype)
+        dtype = base.dtype if base.is_floating_point() else None
+        state[f"{path}.lora_A.weight"] = w.down.to(device=base.device, dtype=dtype)
+        state[f"{path}.lora_B.weight"] = w.up.to(device=base.device, dtype=dtype)
         if w.up_bias is not None:
-            state[f"{path}.lora_B.bias"] = w.up_bias.to(device=base.device, dtype=base.dtype)
+            state[f"{path}.lora_B.bias"] = w.up_bias.to(device=base.device, dtype=dtype)
     grads = {id(p): p.requires_grad for p in model.parameters()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*peft_config.*")
@@ -148,11 +151,16 @@ def set_enabled(model: nn.Module, enabled: bool) -> None:
         layer.enable_adapters(enabled)
 
 
+def holds(layer: nn.Module, adapter_name: str) -> bool:
+    """Whether a peft layer (LoRA, LoHa, LoKr) has weights for ``adapter_name``."""
+    return any(adapter_name in getattr(layer, attr) for attr in layer.adapter_layer_names)
+
+
 def merge(model: nn.Module, scale: float, adapter_names: list[str] | None, safe: bool) -> set[str]:
     """Fuse the active (or named) adapters into the base weights at ``scale``; returns the adapters merged."""
     merged: set[str] = set()
     for _, layer in tuner_layers(model):
-        names = [n for n in (adapter_names or layer.active_adapters) if n in layer.lora_A]
+        names = [n for n in (adapter_names or layer.active_adapters) if holds(layer, n)]
         if not hasattr(layer, "_kernel_lora_unfused_scaling"):
             # unmerge subtracts with the scaling in force, so the fused one stays until then
             layer._kernel_lora_unfused_scaling = dict(layer.scaling)
@@ -179,3 +187,102 @@ def merged_adapters(model: nn.Module | None) -> set[str]:
     for _, layer in tuner_layers(model):
         out.update(layer.merged_adapters)
     return out
+
+
+# ----------------------------------------------------------------------------- hot-swapping
+def _base_scaling(layer: nn.Module, name: str) -> float:
+    """The adapter's ``alpha / rank`` in ``layer`` (its weight-1 scaling), as peft computes it."""
+    r, alpha = layer.r[name], layer.lora_alpha[name]
+    return alpha / r**0.5 if layer.use_rslora.get(name, False) else alpha / r
+
+
+def hotswap_problems(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraWeight]) -> list[str]:
+    """Why ``layers`` cannot replace adapter ``adapter_name``'s weights in place (empty: they can).
+
+    In place means the same parameters keep their shapes: the new LoRA must adapt exactly the layers the
+    adapter adapts, each with at most the rank of its slot (a smaller rank is zero-padded, which changes
+    nothing), with a bias only where the slot has one, and the adapter must not be fused.
+    """
+    problems = []
+    other = sorted({type(layer).__module__.split(".")[-2] for _, layer in tuner_layers(model)
+                    if not hasattr(layer, "lora_A") and holds(layer, adapter_name)})
+    if other:
+        return [f"adapter {adapter_name!r} is a LyCORIS ({', '.join(other)}) adapter; hot-swapping takes LoRA only"]
+    slots = {path: layer for path, layer in tuner_layers(model) if adapter_name in layer.lora_A}
+    missing, extra = sorted(set(slots) - set(layers)), sorted(set(layers) - set(slots))
+    if missing or extra:
+        problems.append(f"the new LoRA adapts other layers: {len(extra)} the adapter does not ({extra[:3]}), "
+                        f"{len(missing)} it leaves out ({missing[:3]})")
+    for path in sorted(set(slots) & set(layers)):
+        layer, w = slots[path], layers[path]
+        if adapter_name in layer.merged_adapters:
+            problems.append(f"{path}: the adapter is fused into the weights; unfuse_lora() first")
+            break
+        slot = layer.r[adapter_name]
+        if w.rank > slot:
+            problems.append(f"{path}: rank {w.rank} is larger than the loaded adapter's {slot} (call "
+                            "pipe.enable_lora_hotswap(target_rank=...) before loading the first LoRA)")
+        if w.up_bias is not None and layer.lora_B[adapter_name].bias is None:
+            problems.append(f"{path}: the new LoRA has a bias (lora_B.bias) and the loaded adapter has none")
+    return problems
+
+
+@torch.no_grad()
+def hotswap(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraWeight]) -> None:
+    """Write ``layers`` into adapter ``adapter_name``'s parameters in place (checked by :func:`hotswap_problems`).
+
+    Parameters keep their identity, shape, device and dtype, and each layer keeps its ``scaling``, so a
+    compiled model runs on without recompiling: a new ``alpha / rank`` is folded into ``up`` (and its bias),
+    and a smaller rank fills the first rows of the slot, the rest zero.
+    """
+    for path, layer in tuner_layers(model):
+        w = layers.get(path)
+        if w is None or adapter_name not in getattr(layer, "lora_A", ()):
+            continue
+        a, b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
+        ratio = w.scale / _base_scaling(layer, adapter_name)
+        r = w.rank
+        a.weight.zero_()
+        a.weight[:r].copy_(w.down.reshape(r, *a.weight.shape[1:]))
+        b.weight.zero_()
+        b.weight[:, :r].copy_((w.up.to(torch.float32) * ratio).reshape(b.weight.shape[0], r, *b.weight.shape[2:]))
+        if b.bias is not None:
+            b.bias.zero_()
+            if w.up_bias is not None:
+                b.bias.copy_(w.up_bias.to(torch.float32) * ratio)
+
+
+def _padded(module: nn.Module, rank: int, axis: int) -> nn.Module:
+    """A copy of a LoRA factor (``lora_A``: ``axis`` 0, ``lora_B``: ``axis`` 1) with ``rank`` along ``axis``, zero-filled."""
+    weight = module.weight
+    shape = list(weight.shape)
+    shape[axis] = rank
+    data = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+    data.narrow(axis, 0, weight.shape[axis]).copy_(weight.detach())
+    new = copy.copy(module)
+    new._parameters = dict(module._parameters)
+    new.weight = nn.Parameter(data, requires_grad=weight.requires_grad)
+    if isinstance(module, nn.Linear):
+        setattr(new, "out_features" if axis == 0 else "in_features", rank)
+    else:
+        setattr(new, "out_channels" if axis == 0 else "in_channels", rank)
+    return new
+
+
+def pad_ranks(model: nn.Module, target_rank: int, adapter_names: Iterable[str] | None = None) -> None:
+    """Zero-pad the adapters' LoRA factors to ``target_rank`` (outputs unchanged), so a later hot-swap of a LoRA
+    of rank up to ``target_rank`` fits the same parameters."""
+    wanted = None if adapter_names is None else set(adapter_names)
+    for _, layer in tuner_layers(model):
+        for name in list(getattr(layer, "lora_A", ())):
+            r = layer.r[name]
+            if (wanted is not None and name not in wanted) or r >= target_rank:
+                continue
+            if name in layer.merged_adapters:
+                raise ValueError(f"adapter {name!r} is fused; unfuse_lora() before padding its rank")
+            layer.lora_A[name] = _padded(layer.lora_A[name], target_rank, 0)
+            layer.lora_B[name] = _padded(layer.lora_B[name], target_rank, 1)
+            # keep alpha / rank: the scaling (and set_scale's result) stay what they were
+            layer.lora_alpha[name] = layer.lora_alpha[name] * (
+                (target_rank / r) ** 0.5 if layer.use_rslora.get(name, False) else target_rank / r)
+            layer.r[name] = target_rank

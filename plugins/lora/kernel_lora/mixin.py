@@ -28,7 +28,7 @@ import torch
 from kernel_layers.adapters import adapter_scale
 from kernel_lora import layers
 from kernel_lora.adapter import LoraAdapter
-from kernel_lora.formats import apply_metadata, parse, split_metadata
+from kernel_lora.formats import LoraWeight, apply_metadata, parse, split_metadata
 from kernel_lora.saving import write_lora
 from kernel_lora.source import fetch
 
@@ -107,7 +107,9 @@ class LoraLoaderMixin:
         return [c for c in self._lora_components if c in names]
 
     def _lora_models(self) -> dict[str, torch.nn.Module]:
-        return {c: m for c in self._lora_loadable_modules if isinstance(m := getattr(self, c, None), torch.nn.Module)}
+        """The LoRA components; a ``torch.compile``d one as the module it wraps (its layers are the same objects)."""
+        return {c: getattr(m, "_orig_mod", m) for c in self._lora_loadable_modules
+                if isinstance(m := getattr(self, c, None), torch.nn.Module)}
 
     def _all_adapters(self) -> list[str]:
         names: dict[str, None] = {}
@@ -145,7 +147,7 @@ class LoraLoaderMixin:
         return state, None
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, weight_name: str | None = None,
-                          adapter_name: str | None = None, **kwargs: Any) -> None:
+                          adapter_name: str | None = None, hotswap: bool = False, **kwargs: Any) -> None:
         """Load a LoRA into the denoiser (UNet or transformer) and text encoder(s) as adapter ``adapter_name``
         (default ``default_<n>``).
 
@@ -153,9 +155,11 @@ class LoraLoaderMixin:
         folder, or a Hub repo id (``weight_name`` picks the file; ``subfolder``, ``revision``,
         ``cache_dir``, ``token``, ``local_files_only`` and ``HF_HUB_OFFLINE`` are honoured).  The new
         adapter becomes the active one in the components it adapts.
+
+        ``hotswap=True`` writes the new LoRA into the loaded adapter ``adapter_name`` in place instead (same
+        parameters, so a ``torch.compile``d model does not recompile): it must adapt the same layers of the
+        same components, with ranks no larger than the loaded ones (see :meth:`enable_lora_hotswap`).
         """
-        if kwargs.pop("hotswap", False):
-            raise ValueError("hotswap=True is not supported; delete_adapters(...) and load the new LoRA instead")
         kwargs.pop("low_cpu_mem_usage", None)  # always: LoRA tensors go straight into place
         fetch_kwargs = {k: kwargs.pop(k) for k in ("subfolder", "use_safetensors", "cache_dir", "revision", "token",
                                                    "local_files_only", "force_download", "proxies") if k in kwargs}
@@ -164,12 +168,20 @@ class LoraLoaderMixin:
         if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name):
             raise ValueError(f"adapter_name must be a non-empty str or None, got {adapter_name!r}")
         loaded = self._all_adapters()
-        if adapter_name in loaded:
+        if hotswap and adapter_name not in loaded:
+            raise ValueError(f"hotswap=True replaces the weights of a loaded adapter: adapter_name must be one of "
+                             f"{loaded}, got {adapter_name!r}")
+        if adapter_name in loaded and not hotswap:
             raise ValueError(f"adapter_name {adapter_name!r} is already in use (loaded adapters: {loaded}); "
-                             f"pick another name, or delete_adapters({adapter_name!r}) first")
+                             f"pick another name, delete_adapters({adapter_name!r}) first, or pass hotswap=True "
+                             "to replace its weights in place")
         name = adapter_name or self._default_adapter_name(loaded)
 
         state, metadata, source = fetch(pretrained_model_name_or_path_or_dict, weight_name, **fetch_kwargs)
+        if isinstance(pretrained_model_name_or_path_or_dict, dict) and not hotswap:
+            # the adapter's parameters must not share memory with the caller's tensors: a later hot-swap
+            # writes into them in place
+            state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
         parsed = parse(state, source, default_component=self._lora_denoiser)
         models = self._lora_models()
         missing = sorted(set(parsed.components) - set(models))
@@ -182,6 +194,16 @@ class LoraLoaderMixin:
             apply_metadata(weights, per_component.get(component), source, component)
             adapter = LoraAdapter(adapter_name=name, component=component, source=source, _weights=weights)
             plan.append((adapter, models[component], adapter._check(models[component])))
+        if hotswap:
+            self._hotswap(name, plan, source)
+            return
+        target_rank = self.__dict__.get("_lora_hotswap_rank")
+        if target_rank is not None:
+            too_large = [(a.component, p, w.rank) for a, _, (fitted, _) in plan for p, w in fitted.items()
+                         if isinstance(w, LoraWeight) and w.rank > target_rank]
+            if too_large:
+                raise ValueError(f"{source}: {too_large[0][1]} of {too_large[0][0]} has rank {too_large[0][2]}, larger "
+                                 f"than enable_lora_hotswap's target_rank={target_rank}")
 
         done = []
         try:
@@ -192,9 +214,52 @@ class LoraLoaderMixin:
             for adapter, model in done:
                 adapter.remove(model)
             raise
+        if target_rank is not None:
+            for _, model in done:
+                layers.pad_ranks(model, target_rank, [name])
         if self._lora_denoiser in parsed.components and self._lora_call_argument:
             _install_scale_hooks(models[self._lora_denoiser], self._lora_call_argument)
         logger.info("loaded LoRA %r (%s layout) from %s into %s", name, parsed.layout, source, sorted(parsed.components))
+
+    def _hotswap(self, name: str, plan: list, source: str) -> None:
+        """Write each component's new weights into adapter ``name`` in place, after checking every component."""
+        holders = sorted(c for c, m in self._lora_models().items() if name in layers.adapter_names(m))
+        given = sorted(adapter.component for adapter, _, _ in plan)
+        problems = [] if given == holders else [
+            f"it has LoRA weights for {given}, while adapter {name!r} is loaded in {holders}"]
+        for adapter, model, (fitted, _) in plan:
+            problems += [f"{adapter.component}: {p}" for p in layers.hotswap_problems(model, name, fitted)]
+        if problems:
+            raise ValueError(f"{source}: cannot hot-swap it into adapter {name!r}: " + "; ".join(problems[:4])
+                             + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+                             + ". Hot-swapping replaces weights in place: the same layers, ranks no larger than "
+                             "the loaded ones; otherwise delete_adapters(...) and load it as a new adapter")
+        for adapter, model, (fitted, _) in plan:
+            layers.hotswap(model, name, fitted)
+        logger.info("hot-swapped LoRA %r from %s into %s", name, source, given)
+
+    def enable_lora_hotswap(self, target_rank: int | None = None, check_compiled: str = "error") -> None:
+        """Let later ``load_lora_weights(..., hotswap=True)`` calls bring LoRAs of ranks up to ``target_rank``: every
+        LoRA loaded from now on is zero-padded to that rank (outputs unchanged).  Call it before loading the first
+        LoRA and before compiling; with adapters already loaded, ``check_compiled`` says what happens:
+        ``"error"`` (default) raises, ``"warn"`` / ``"ignore"`` pad those adapters now too (a compiled model then
+        recompiles once).  Different alphas need nothing: a hot-swap folds ``alpha / rank`` into the weights."""
+        if check_compiled not in ("error", "warn", "ignore"):
+            raise ValueError(f"check_compiled must be 'error', 'warn' or 'ignore', got {check_compiled!r}")
+        if target_rank is not None and (isinstance(target_rank, bool) or not isinstance(target_rank, int)
+                                        or target_rank < 1):
+            raise ValueError(f"target_rank must be a positive int or None, got {target_rank!r}")
+        models = self._lora_models()
+        if self._all_adapters():
+            if check_compiled == "error":
+                raise RuntimeError("call enable_lora_hotswap before loading the first LoRA adapter (or pass "
+                                   "check_compiled='warn' / 'ignore' to pad the loaded ones now)")
+            if check_compiled == "warn":
+                logger.warning("enable_lora_hotswap after loading adapters: a compiled model recompiles once")
+            if target_rank is not None:
+                for model in models.values():
+                    layers.pad_ranks(model, target_rank)
+        self.__dict__["_lora_hotswap_rank"] = target_rank
 
     @staticmethod
     def _default_adapter_name(loaded: list[str]) -> str:
@@ -288,9 +353,14 @@ class LoraLoaderMixin:
         for model in self._lora_models().values():
             for _, layer in layers.tuner_layers(model):
                 for name in names:
-                    if name in layer.lora_A:
-                        layer.lora_A[name].to(device)
-                        layer.lora_B[name].to(device)
+                    for attr in layer.adapter_layer_names:
+                        store = getattr(layer, attr)
+                        if name not in store:
+                            continue
+                        if isinstance(store[name], torch.nn.Parameter):  # LoHa / LoKr factors
+                            store[name].data = store[name].data.to(device)
+                        else:
+                            store[name].to(device)
 
     # ------------------------------------------------------------------ fusing
     def _fuse_targets(self, components: list[str] | None, default: tuple[str, ...] | None = None) -> dict[str, torch.nn.Module]:

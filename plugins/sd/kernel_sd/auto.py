@@ -48,10 +48,13 @@ def task_class_name(class_name: str, task: str, pag: bool | None = None, control
 
 def controlnet_infix(controlnet) -> str:
     """The class-name infix a ``controlnet=`` argument asks for: ``""`` for None, ``ControlNetUnion`` for a
-    ``ControlNetUnionModel``, else ``ControlNet`` (one net of any family, a list of nets, a multi-net)."""
+    ``ControlNetUnionModel``, a ``MultiControlNetUnionModel`` or a list of union nets, else ``ControlNet`` (one net
+    of any family, a list of nets, a multi-net)."""
     if controlnet is None:
         return ""
-    return "ControlNetUnion" if type(controlnet).__name__ == "ControlNetUnionModel" else "ControlNet"
+    nets = list(controlnet) if isinstance(controlnet, (list, tuple)) else [controlnet]
+    union = ("ControlNetUnionModel", "MultiControlNetUnionModel")
+    return "ControlNetUnion" if nets and all(type(n).__name__ in union for n in nets) else "ControlNet"
 
 
 class _AutoPipeline(DiffusionPipeline):

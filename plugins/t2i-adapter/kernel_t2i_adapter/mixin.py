@@ -28,7 +28,7 @@ import PIL.Image
 import torch
 
 from kernel.guidance import check_scale
-from kernel.pipeline_utils import batch_size_of, check_size, check_unsupported, spatial_size
+from kernel.pipeline_utils import batch_size_of, check_size, spatial_size
 
 from kernel_t2i_adapter.adapter import T2IAdapter
 from kernel_t2i_adapter.hook import AdapterInputs, T2IAdapterHook, adapter_steps
@@ -112,8 +112,6 @@ class T2IAdapterMixin:
     def _prepare(self, call: SimpleNamespace) -> None:
         if self.adapter is None:
             raise ValueError(f"{type(self).__name__} needs an adapter component; pass adapter=T2IAdapter(...)")
-        check_unsupported(type(self).__name__, **{k: getattr(call, k, None)
-                                                  for k in ("ip_adapter_image", "ip_adapter_image_embeds")})
         steps = getattr(call, "callback_steps", 1)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
             raise ValueError(f"callback_steps must be a positive int, got {steps!r}")

@@ -113,6 +113,27 @@ def test_multi_adapter_matches_diffusers(xl):
     _same(theirs, ours, **_inputs(adapters=2, adapter_conditioning_scale=[0.3, 1.2], **extra))
 
 
+def test_sdxl_adapter_with_ip_adapter_matches_diffusers():
+    """IP-Adapter image prompts on the SDXL adapter pipeline (Diffusers' SD adapter pipeline takes none)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ip-adapter" / "tests"))
+    import ip_fixtures as ipf
+
+    theirs_parts, ours_parts = fx.xl_components(unet_over=tf.XL_UNET_OVER)  # fresh: the load changes the UNet
+    encoder, extractor = ipf.image_encoder()
+    theirs_adapter, ours_adapter = tf.adapter("full_adapter_xl")
+    theirs = diffusers.StableDiffusionXLAdapterPipeline(**theirs_parts, adapter=theirs_adapter, image_encoder=encoder,
+                                                       feature_extractor=extractor)
+    ours = kernel.component(XL)(**ours_parts, adapter=ours_adapter, image_encoder=encoder, feature_extractor=extractor)
+    state = ipf.random_ip_adapter(theirs.unet, "plus", seed=1)
+    for p in (theirs, ours):
+        p.set_progress_bar_config(disable=True)
+        p.load_ip_adapter(state, subfolder=None, weight_name=None, image_encoder_folder=None)
+    call = _inputs(ip_adapter_image=ipf.ip_image(), adapter_conditioning_factor=0.7)
+    steered = _same(theirs, ours, **call)
+    ours.set_ip_adapter_scale(0.0)
+    assert np.abs(steered - ours(generator=fx.gen(0), **call).images).max() > 1e-2
+
+
 def test_adapter_steers_and_zero_scale_or_factor_is_the_plain_pipeline():
     for xl, plain_name in ((False, "StableDiffusionPipeline"), (True, "StableDiffusionXLPipeline")):
         _, ours = _pair(xl=xl)

@@ -77,6 +77,20 @@ def lora_state_dict(unet) -> dict[str, torch.Tensor]:
     return {f"unet.{k}": v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
 
 
+def lora_metadata(unet) -> dict[str, str]:
+    """The safetensors header Diffusers writes for a trained LoRA: the peft config under ``lora_adapter_metadata``
+    (``{"unet.r": ..., "unet.lora_alpha": ...}``), so loaders use the trained ``lora_alpha``, not ``alpha = rank``."""
+    def plain(value):
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    config = {f"unet.{k}": plain(v) for k, v in unet.peft_config["default"].to_dict().items()}
+    return {"format": "pt", "lora_adapter_metadata": json.dumps(config, indent=2, sort_keys=True, default=str)}
+
+
 def encode_dataset(vae, pixels: torch.Tensor, device, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent mean and std of every picture (the posterior is sampled anew each step)."""
     means, stds = [], []
@@ -222,7 +236,9 @@ def save_pipeline(args, source: Path, unet, text_encoder) -> None:
     if args.train_lora:
         from safetensors.torch import save_file
 
-        save_file(lora_state_dict(unet), str(out / LORA_WEIGHTS))
+        tmp = out / f".{LORA_WEIGHTS}.tmp"
+        save_file(lora_state_dict(unet), str(tmp), metadata=lora_metadata(unet))
+        tmp.replace(out / LORA_WEIGHTS)
         return
     dtype = torch.float16 if args.save_dtype == "fp16" else torch.float32
     save_text_encoder = args.train_text_encoder or args.init_from_config
