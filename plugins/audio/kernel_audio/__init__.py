@@ -7,6 +7,9 @@ from kernel_audio.io import export_to_wav
 from kernel_audio.outputs import AudioPipelineOutput
 
 _LAZY: dict[str, str] = {
+    "AudioLDMPipeline": "kernel_audio.ldm",
+    "MusicLDMPipeline": "kernel_audio.ldm",
+    "MelLatentDiffusionPipeline": "kernel_audio.ldm",
 }
 
 __all__ = ["AudioPipelineOutput", "export_to_wav", *_LAZY]
