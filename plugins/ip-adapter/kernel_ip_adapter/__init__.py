@@ -18,6 +18,7 @@ from kernel_ip_adapter.mixin import IMAGE_EMBEDS, IPAdapterMixin
 from kernel_ip_adapter.processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 from kernel_ip_adapter.projection import (
     ImageProjection,
+    IPAdapterFaceIDImageProjection,
     IPAdapterFullImageProjection,
     IPAdapterPlusImageProjection,
     MultiIPAdapterImageProjection,
@@ -25,7 +26,8 @@ from kernel_ip_adapter.projection import (
 
 __all__ = [
     "FluxIPAdapter", "FluxIPAdapterAttnProcessor", "FluxIPAdapterMixin", "convert_flux", "flux_ip_processors",
-    "IMAGE_EMBEDS", "IPAdapter", "IPAdapterAttnProcessor", "IPAdapterAttnProcessor2_0", "IPAdapterFormatError",
+    "IMAGE_EMBEDS", "IPAdapter", "IPAdapterAttnProcessor", "IPAdapterAttnProcessor2_0", "IPAdapterFaceIDImageProjection",
+    "IPAdapterFormatError",
     "IPAdapterFullImageProjection", "IPAdapterMaskProcessor", "IPAdapterMixin", "IPAdapterPlusImageProjection",
     "IPAdapterWeights", "ImageProjection", "MultiIPAdapterImageProjection", "convert", "installed", "ip_processors",
     "projection_layers",

@@ -15,6 +15,9 @@
 * an :class:`kernel_ip_adapter.processor.IPAdapterAttnProcessor` on every cross-attention layer, holding
   each adapter's ``to_k_ip`` / ``to_v_ip`` for that layer and the layer's scale.
 
+A FaceID file's LoRA is not applied here (as Diffusers' UNet loader does not): :meth:`IPAdapter.lora_state_dicts`
+gives it, in Diffusers' attention-processor LoRA layout, to the pipeline, which loads it as a LoRA adapter.
+
 Several adapters are applied together (one ``IPAdapter`` of several state dicts); applying replaces IP
 adapters already installed.  :meth:`check` validates everything first, so a file made for another
 UNet (an SDXL adapter on SD 1.5) leaves the model as it was.
@@ -134,7 +137,36 @@ class IPAdapter:
                 if tuple(k.shape) != need:
                     raise ValueError(f"{adapter.source}: ip_adapter.{n}.to_k_ip.weight has shape {tuple(k.shape)} but "
                                      f"{name} needs {need}; is it an IP-Adapter for another model (SD 1.5 / SDXL)?")
+            if adapter.lora:
+                self._check_lora(adapter, attention_layers(unet))
         return layers
+
+    @staticmethod
+    def _check_lora(adapter: IPAdapterWeights, attention: list[tuple[str, nn.Module]]) -> None:
+        """A FaceID LoRA must address this UNet's attention layers with their projections' shapes."""
+        for n, parts in sorted(adapter.lora.items()):
+            if n >= len(attention):
+                raise ValueError(f"{adapter.source}: has FaceID LoRA weights for attention layer {n} but this UNet has "
+                                 f"{len(attention)} attention layers; is it an IP-Adapter for another model?")
+            name, module = attention[n]
+            for proj, linear in (("to_q", module.to_q), ("to_k", module.to_k), ("to_v", module.to_v),
+                                 ("to_out", module.to_out[0])):
+                down, up = parts[f"{proj}_lora.down.weight"], parts[f"{proj}_lora.up.weight"]
+                if down.shape[1] != linear.in_features or up.shape[0] != linear.out_features:
+                    raise ValueError(f"{adapter.source}: ip_adapter.{n}.{proj}_lora maps {down.shape[1]} -> "
+                                     f"{up.shape[0]} features but {name}.{proj} maps {linear.in_features} -> "
+                                     f"{linear.out_features}; is it an IP-Adapter for another model (SD 1.5 / SDXL)?")
+
+    def lora_state_dicts(self, unet: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
+        """``{adapter index: LoRA state dict}`` for the FaceID adapters, in the attention-processor LoRA layout
+        Diffusers builds from them (``unet.<attention>.processor.to_q_lora.down.weight`` ...)."""
+        names = [name for name, _ in attention_layers(unet)]
+        out: dict[int, dict[str, torch.Tensor]] = {}
+        for i, adapter in enumerate(self.adapters):
+            for n, parts in sorted(adapter.lora.items()):
+                out.setdefault(i, {}).update({f"unet.{names[n]}.processor.{part}": value
+                                              for part, value in parts.items()})
+        return out
 
     # ---------------------------------------------------------------- the Adapter protocol
     def apply(self, model: nn.Module, scale: float = 1.0, *, checked: list | None = None) -> None:

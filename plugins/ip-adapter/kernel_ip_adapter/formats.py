@@ -12,23 +12,28 @@ An IP-Adapter file (tencent-ailab/IP-Adapter, the ``h94/IP-Adapter`` checkpoints
                                 ``layers.<i>.1`` the feed-forward (``0``/``1``/``3`` -> ``ff.0``,
                                 ``ff.1.net.0.proj``, ``ff.1.net.2``)
   ``proj.0``/``proj.2``/``proj.3``  IP-Adapter Full-face: MLP (``ff.net.0.proj``, ``ff.net.2``) + ``norm``
+  ``proj.0``/``proj.2``, ``norm``  IP-Adapter FaceID: MLP of the face embedding to tokens + ``norm``
   ============================  ==================================================================
 
 * ``ip_adapter.<n>.to_k_ip.weight`` / ``to_v_ip.weight``: image key/value projections for attention
   layer number ``n`` of the UNet, counted over all its attention layers in module order (self- and
   cross-attention alike, as the original training code numbered ``unet.attn_processors``).
+* FaceID files also hold a LoRA for every attention layer: ``ip_adapter.<n>.to_q_lora.down.weight`` /
+  ``up.weight`` (and ``to_k``, ``to_v``, ``to_out``).  They are kept in :attr:`IPAdapterWeights.lora`;
+  the pipeline loads them as Diffusers does (:meth:`kernel_ip_adapter.mixin.IPAdapterMixin.load_ip_adapter`).
 
 ``.safetensors`` files are flat (``image_proj.proj.weight``); ``.bin`` files hold two nested dicts and
 are read with ``torch.load(weights_only=True)`` only.  Sources are a state dict, a file, a folder
 (``subfolder`` / ``weight_name``) or a Hub repository (through :mod:`kernel.hub`: its cache,
-``HF_HUB_OFFLINE``, ``revision`` ...).  FaceID files (insightface embeddings plus LoRA) are refused.
+``HF_HUB_OFFLINE``, ``revision`` ...).  FaceID Plus / PlusV2 files (a face resampler over CLIP
+features) are refused with a message naming them.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,9 +42,17 @@ from torch import nn
 
 from kernel import hub
 
-from kernel_ip_adapter.projection import IPAdapterFullImageProjection, IPAdapterPlusImageProjection, ImageProjection
+from kernel_ip_adapter.projection import (
+    IPAdapterFaceIDImageProjection,
+    IPAdapterFullImageProjection,
+    IPAdapterPlusImageProjection,
+    ImageProjection,
+)
 
 _LAYER_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip)\.weight$")
+_LORA_KEY = re.compile(r"^(\d+)\.((?:to_q|to_k|to_v|to_out)_lora\.(?:down|up)\.weight)$")
+#: The LoRA parts a FaceID file holds for each attention layer it adapts.
+LORA_PARTS = tuple(f"{p}_lora.{d}.weight" for p in ("to_q", "to_k", "to_v", "to_out") for d in ("down", "up"))
 _PLUS_ATTN = re.compile(r"^layers\.(\d+)\.0\.(norm1|norm2|to_q|to_kv|to_out)\.(weight|bias)$")
 _PLUS_FF = re.compile(r"^layers\.(\d+)\.1\.(0|1|3)\.(weight|bias)$")
 _PLUS_FF_NAMES = {"0": "ff.0", "1": "ff.1.net.0.proj", "3": "ff.1.net.2"}
@@ -54,13 +67,15 @@ class IPAdapterFormatError(ValueError):
 class IPAdapterWeights:
     """One IP-Adapter in module names: its image projection and its per-layer image key/value weights."""
 
-    kind: str                                        # "ip-adapter", "plus" or "full"
+    kind: str                                        # "ip-adapter", "plus", "full" or "faceid"
     projection_class: type
     projection_args: dict[str, Any]
     projection_state: dict[str, torch.Tensor]
     layers: dict[int, tuple[torch.Tensor, torch.Tensor]]  # attention-layer number -> (to_k_ip, to_v_ip)
     num_tokens: int                                  # image tokens each image becomes
     source: str
+    #: FaceID's LoRA: attention-layer number -> {"to_q_lora.down.weight": tensor, ...} (all of LORA_PARTS)
+    lora: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def token_width(self) -> int:
@@ -144,17 +159,21 @@ def _groups(state: Mapping[str, Any], source: str) -> tuple[dict, dict]:
     return image_proj, layers
 
 
-def _layers(group: dict[str, torch.Tensor], source: str) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    if any("lora" in k for k in group):
-        raise IPAdapterFormatError(f"{source}: an IP-Adapter FaceID file (LoRA weights in ip_adapter.*); FaceID "
-                                   "adapters are not supported")
+def _layers(group: dict[str, torch.Tensor], source: str) -> tuple[dict, dict]:
+    """``({layer: (to_k_ip, to_v_ip)}, {layer: {LoRA part: tensor}})`` of the ``ip_adapter.*`` group."""
     found: dict[int, dict[str, torch.Tensor]] = {}
+    lora: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in group.items():
         m = _LAYER_KEY.match(key)
+        if m is not None:
+            found.setdefault(int(m.group(1)), {})[m.group(2)] = value
+            continue
+        m = _LORA_KEY.match(key)
         if m is None:
             raise IPAdapterFormatError(f"{source}: unexpected key ip_adapter.{key} (expected "
-                                       "ip_adapter.<n>.to_k_ip.weight / to_v_ip.weight)")
-        found.setdefault(int(m.group(1)), {})[m.group(2)] = value
+                                       "ip_adapter.<n>.to_k_ip.weight / to_v_ip.weight, or a FaceID LoRA's "
+                                       "ip_adapter.<n>.to_q_lora.down.weight ...)")
+        lora.setdefault(int(m.group(1)), {})[m.group(2)] = value
     out = {}
     for n, pair in sorted(found.items()):
         if set(pair) != {"to_k_ip", "to_v_ip"}:
@@ -164,7 +183,18 @@ def _layers(group: dict[str, torch.Tensor], source: str) -> dict[int, tuple[torc
             raise IPAdapterFormatError(f"{source}: layer {n}: to_k_ip {tuple(k.shape)} and to_v_ip {tuple(v.shape)} "
                                        "must be equal 2-d weights")
         out[n] = (k, v)
-    return out
+    for n, parts in sorted(lora.items()):
+        missing = [p for p in LORA_PARTS if p not in parts]
+        if missing:
+            raise IPAdapterFormatError(f"{source}: the FaceID LoRA of attention layer {n} lacks "
+                                       f"{['ip_adapter.%d.%s' % (n, p) for p in missing][:3]}; it needs "
+                                       "to_q/to_k/to_v/to_out_lora.down/up.weight")
+        for proj in ("to_q", "to_k", "to_v", "to_out"):
+            down, up = parts[f"{proj}_lora.down.weight"], parts[f"{proj}_lora.up.weight"]
+            if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+                raise IPAdapterFormatError(f"{source}: ip_adapter.{n}.{proj}_lora: down {tuple(down.shape)} and up "
+                                           f"{tuple(up.shape)} are not a LoRA pair ((rank, in) and (out, rank))")
+    return out, lora
 
 
 def _need(group: dict, keys: tuple[str, ...], source: str, kind: str) -> None:
@@ -197,6 +227,21 @@ def _full(group: dict, source: str) -> tuple:
     args = dict(image_embed_dim=embed_dim, cross_attention_dim=width, inner_dim=inner)
     # Every hidden state is a token: 257 for the ViT-H/14 encoder at 224 px the released files use (informational).
     return "full", IPAdapterFullImageProjection, args, state, 257
+
+
+def _faceid(group: dict, source: str) -> tuple:
+    _need(group, ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias"), source,
+          "IP-Adapter FaceID")
+    inner, embed_dim = group["proj.0.weight"].shape
+    out_features, width = group["proj.2.weight"].shape[0], group["norm.weight"].shape[0]
+    if out_features % width:
+        raise IPAdapterFormatError(f"{source}: proj.2 has {out_features} outputs, not a multiple of the token width "
+                                   f"{width}")
+    tokens = out_features // width
+    names = {"proj.0": "ff.net.0.proj", "proj.2": "ff.net.2", "norm": "norm"}
+    state = {f"{names[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in group.items()}
+    args = dict(image_embed_dim=embed_dim, cross_attention_dim=width, num_tokens=tokens, inner_dim=inner)
+    return "faceid", IPAdapterFaceIDImageProjection, args, state, tokens
 
 
 def _plus(group: dict, source: str) -> tuple:
@@ -234,16 +279,23 @@ def _plus(group: dict, source: str) -> tuple:
 def convert(state: Mapping[str, Any], source: str = "the state dict") -> IPAdapterWeights:
     """One IP-Adapter state dict (original layout, flat or nested) -> :class:`IPAdapterWeights`."""
     image_proj, group = _groups(state, source)
-    layers = _layers(group, source)
-    if "perceiver_resampler.proj_in.weight" in image_proj or ("norm.weight" in image_proj and "proj.weight" not in image_proj):
-        raise IPAdapterFormatError(f"{source}: an IP-Adapter FaceID image projection; FaceID adapters are not supported")
+    layers, lora = _layers(group, source)
+    if "perceiver_resampler.proj_in.weight" in image_proj:
+        raise IPAdapterFormatError(f"{source}: an IP-Adapter FaceID Plus / PlusV2 file (a face resampler over CLIP "
+                                   "image features); only plain FaceID files (ip-adapter-faceid_sd15 / _sdxl) are "
+                                   "supported")
     if "proj.weight" in image_proj:
         kind, cls, args, proj_state, tokens = _plain(image_proj, source)
     elif "proj.3.weight" in image_proj:
         kind, cls, args, proj_state, tokens = _full(image_proj, source)
+    elif "norm.weight" in image_proj:
+        kind, cls, args, proj_state, tokens = _faceid(image_proj, source)
     else:
         kind, cls, args, proj_state, tokens = _plus(image_proj, source)
-    weights = IPAdapterWeights(kind, cls, args, proj_state, layers, tokens, source)
+    if lora and kind != "faceid":
+        raise IPAdapterFormatError(f"{source}: LoRA weights in ip_adapter.* belong to FaceID files, but this file's "
+                                   f"image projection is an {kind} one")
+    weights = IPAdapterWeights(kind, cls, args, proj_state, layers, tokens, source, lora)
     projection = weights.build_projection()  # checks every shape now, before anything is changed
     width = weights.token_width
     out = projection.norm.normalized_shape[0] if hasattr(projection, "norm") else projection.norm_out.normalized_shape[0]

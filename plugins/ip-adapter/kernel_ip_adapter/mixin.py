@@ -5,6 +5,12 @@
     image = pipe("a cat", ip_adapter_image=picture).images[0]
     pipe.unload_ip_adapter()                            # the pipeline as before the load
 
+    # FaceID: precomputed insightface embeddings (no face detector here), (2, faces, 1, 512) = [zeros; face]
+    pipe.load_ip_adapter("h94/IP-Adapter-FaceID", subfolder=None, weight_name="ip-adapter-faceid_sd15.bin",
+                         image_encoder_folder=None)       # its LoRA becomes LoRA adapter "faceid_0", as in Diffusers
+    image = pipe("a photo of a girl", ip_adapter_image_embeds=[face_embeds]).images[0]
+    pipe.unload_ip_adapter(); pipe.delete_adapters("faceid_0")
+
 How it composes with the engine (no loop of its own):
 
 * the image embeddings are prompt-side conditioning: :meth:`_late_conditioning` puts one tensor per
@@ -36,7 +42,7 @@ from kernel import hub
 from kernel_ip_adapter import adapter as installer
 from kernel_ip_adapter.adapter import IPAdapter, ip_processors, projection_layers
 from kernel_ip_adapter.formats import load
-from kernel_ip_adapter.projection import embeds_layout
+from kernel_ip_adapter.projection import embeds_layout, is_faceid
 from kernel_ip_adapter.scales import check_scale, expand_block_scales
 
 logger = logging.getLogger(__name__)
@@ -75,6 +81,13 @@ class IPAdapterMixin:
         loads none (then only ``ip_adapter_image_embeds`` work).  ``cache_dir``, ``revision``, ``token``,
         ``local_files_only``, ``force_download`` and ``HF_HUB_OFFLINE`` are honoured.  Loading replaces
         IP-Adapters loaded before.  Everything is checked before the pipeline changes.
+
+        FaceID files (``ip-adapter-faceid_sd15.bin`` / ``_sdxl``) take precomputed face embeddings
+        (``ip_adapter_image_embeds``).  Their LoRA is handled exactly as Diffusers does: with LoRA support
+        (``kernel-lora``) it is loaded into the UNet as LoRA adapter ``faceid_<i>`` (``i``: the adapter's
+        place in the list) at weight 1.0 and made the active adapter (``set_adapters(["faceid_<i>"])``), unless
+        an adapter of that name is loaded already; ``unload_ip_adapter`` leaves it, and
+        ``delete_adapters("faceid_<i>")`` takes it out.
         """
         kwargs.pop("low_cpu_mem_usage", None)  # always: tensors go straight into place
         hub_kwargs = hub.split_hub_kwargs(kwargs)
@@ -111,11 +124,27 @@ class IPAdapterMixin:
             size = encoder.config.image_size if encoder is not None else _DEFAULT_CLIP_SIZE
             new["feature_extractor"] = CLIPImageProcessor(size=size, crop_size=size)
 
+        loras = adapter.lora_state_dicts(unet)
+        if loras:  # first: a LoRA load is all or nothing, and after it nothing below can fail
+            self._load_faceid_loras(loras)
         adapter.apply(unet, 1.0, checked=checked)
         if new:
             self.register_modules(**new)
         added = self.__dict__.setdefault(_ADDED, set())
         added.update(new)
+
+    def _load_faceid_loras(self, loras: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Each FaceID adapter's LoRA as LoRA adapter ``faceid_<i>`` at weight 1.0, made active, as Diffusers does."""
+        if not hasattr(self, "load_lora_weights"):
+            logger.warning("this FaceID IP-Adapter carries LoRA weights for the UNet, but %s cannot load LoRA "
+                           "(install kernel-lora); they are not applied", type(self).__name__)
+            return
+        loaded = self.get_list_adapters().get("unet", [])
+        for i, state in loras.items():
+            name = f"faceid_{i}"
+            if name not in loaded:
+                self.load_lora_weights(state, adapter_name=name)
+                self.set_adapters([name], adapter_weights=[1.0])
 
     def _load_image_encoder(self, source: Any, subfolder: str | None, folder: str, hub_kwargs: dict):
         if isinstance(source, Mapping):
@@ -167,7 +196,7 @@ class IPAdapterMixin:
     def unload_ip_adapter(self) -> None:
         """Take the IP-Adapters out: the UNet's own attention processors, projection and config again, and the
         image encoder / feature extractor that ``load_ip_adapter`` added removed (ones the pipeline was given
-        stay)."""
+        stay).  A FaceID LoRA stays loaded, as in Diffusers: ``delete_adapters("faceid_0")`` removes it."""
         unet = getattr(self, "unet", None)
         if unet is not None:
             installer.remove(unet)
@@ -207,8 +236,10 @@ class IPAdapterMixin:
                 pos, neg = self.encode_image(single, device, 1, embeds_layout(layer)[0] == 4)
                 out.append((pos[None], neg[None] if negative else None))
             return out
-        for i, x in enumerate(embeds):
-            if negative:
+        for i, (x, layer) in enumerate(zip(embeds, layers)):
+            if negative and x.shape[0] == 1 and is_faceid(layer):  # a face alone: zeros are its negative
+                out.append((x, torch.zeros_like(x)))
+            elif negative:
                 if x.shape[0] % 2:
                     raise ValueError(f"ip_adapter_image_embeds[{i}] has {x.shape[0]} rows; with classifier-free "
                                      "guidance each tensor must hold [negative; positive] halves (as "
@@ -245,6 +276,12 @@ class IPAdapterMixin:
             raise ValueError(f"{where} needs ip_adapter_image or ip_adapter_image_embeds")
         n = len(layers)
         if image is not None:
+            faceid = [i for i, layer in enumerate(layers) if is_faceid(layer)]
+            if faceid:
+                raise ValueError(f"ip_adapter_image was given, but IP-Adapter {faceid[0]} is a FaceID adapter: FaceID "
+                                 "takes precomputed face embeddings (insightface's normed_embedding), not images; pass "
+                                 "ip_adapter_image_embeds=[face_embeds] with face_embeds shaped (2, faces, 1, 512) "
+                                 "([negative; positive]) or (1, faces, 1, 512)")
             images = _as_list(image)
             if len(images) != n:
                 raise ValueError(f"ip_adapter_image has {len(images)} entries for {n} IP-Adapter(s); give one image "
@@ -262,6 +299,13 @@ class IPAdapterMixin:
                              "adapter")
         for i, (x, layer) in enumerate(zip(embeds, layers)):
             ndim, width, what = embeds_layout(layer)
+            if is_faceid(layer):
+                if not (x.ndim == 3 or (x.ndim == 4 and x.shape[2] == 1)) or x.shape[-1] != width:
+                    raise ValueError(f"ip_adapter_image_embeds[{i}] has shape {tuple(x.shape)}; IP-Adapter {i} is a "
+                                     f"FaceID adapter and takes {what}, shaped (rows, faces, 1, {width}) (or (rows, "
+                                     f"faces, {width})), with rows = 2 ([negative; positive]) or 1 (the face alone; "
+                                     "zeros as negative), or twice / once the number of images")
+                continue
             if x.ndim != ndim or x.shape[-1] != width:
                 shape = "(rows, images, width)" if ndim == 3 else "(rows, images, tokens, width)"
                 raise ValueError(f"ip_adapter_image_embeds[{i}] has shape {tuple(x.shape)}; IP-Adapter {i} takes "

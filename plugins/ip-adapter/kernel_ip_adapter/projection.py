@@ -8,6 +8,9 @@
   penultimate CLIP hidden states ``(N, S, embed_dims)`` -> ``(N, num_queries, output_dims)``.
 * :class:`IPAdapterFullImageProjection` (IP-Adapter Full-face): an MLP and a layer norm on every hidden
   state ``(N, S, D)`` -> ``(N, S, cross_attention_dim)``.
+* :class:`IPAdapterFaceIDImageProjection` (IP-Adapter FaceID, tencent-ailab/IP-Adapter): an MLP from one
+  insightface face embedding ``(N, 512)`` to ``num_tokens`` tokens and a layer norm per token
+  ``-> (N, num_tokens, cross_attention_dim)``; it takes precomputed face embeddings, never images.
 * :class:`MultiIPAdapterImageProjection`: one projection per loaded IP-Adapter; installed as the UNet's
   ``encoder_hid_proj`` with ``encoder_hid_dim_type="ip_image_proj"``.
 
@@ -23,8 +26,9 @@ from kernel_layers.activations import FeedForward
 from kernel_layers.attention import Attention
 from kernel_layers.embeddings import ImageProjection
 
-__all__ = ["ImageProjection", "IPAdapterFullImageProjection", "IPAdapterPlusImageProjection",
-           "IPAdapterPlusImageProjectionBlock", "MultiIPAdapterImageProjection", "embeds_layout"]
+__all__ = ["ImageProjection", "IPAdapterFaceIDImageProjection", "IPAdapterFullImageProjection",
+           "IPAdapterPlusImageProjection", "IPAdapterPlusImageProjectionBlock", "MultiIPAdapterImageProjection",
+           "embeds_layout", "is_faceid"]
 
 
 class IPAdapterFullImageProjection(nn.Module):
@@ -37,6 +41,27 @@ class IPAdapterFullImageProjection(nn.Module):
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         return self.norm(self.ff(image_embeds))
+
+
+class IPAdapterFaceIDImageProjection(nn.Module):
+    """A face embedding through an MLP into ``num_tokens`` tokens, each layer-normed:
+    ``(N, image_embed_dim)`` or ``(N, 1, image_embed_dim)`` -> ``(N, num_tokens, cross_attention_dim)``.
+
+    The hidden width is ``image_embed_dim * mult`` unless ``inner_dim`` says otherwise.
+    """
+
+    def __init__(self, image_embed_dim: int = 1024, cross_attention_dim: int = 1024, mult: int = 1,
+                 num_tokens: int = 1, inner_dim: int | None = None):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.cross_attention_dim = cross_attention_dim
+        self.ff = FeedForward(image_embed_dim, cross_attention_dim * num_tokens, mult=mult, activation_fn="gelu",
+                              inner_dim=inner_dim)
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        tokens = self.ff(image_embeds).reshape(-1, self.num_tokens, self.cross_attention_dim)
+        return self.norm(tokens)
 
 
 class IPAdapterPlusImageProjectionBlock(nn.Module):
@@ -78,10 +103,18 @@ class IPAdapterPlusImageProjection(nn.Module):
         return self.norm_out(self.proj_out(latents))
 
 
+def is_faceid(projection: nn.Module) -> bool:
+    """Whether a projection takes face embeddings (FaceID) rather than image-encoder outputs."""
+    return isinstance(projection, IPAdapterFaceIDImageProjection)
+
+
 def embeds_layout(projection: nn.Module) -> tuple[int, int, str]:
     """``(ndim, width, what)`` of the per-adapter embeddings a projection takes: ``(batch, images, width)``
     pooled image embeddings for :class:`ImageProjection`, ``(batch, images, tokens, width)`` hidden states
-    for the others."""
+    for the others; ``(batch, images, 1, width)`` face embeddings for FaceID (``(batch, images, width)`` is
+    read the same)."""
+    if isinstance(projection, IPAdapterFaceIDImageProjection):
+        return 4, projection.ff.net[0].proj.in_features, "precomputed face embeddings (insightface normed_embedding)"
     if isinstance(projection, ImageProjection):
         return 3, projection.image_embeds.in_features, "pooled image embeddings (image_encoder(...).image_embeds)"
     if isinstance(projection, IPAdapterPlusImageProjection):

@@ -97,6 +97,38 @@ def random_ip_adapter(unet, kind: str = "ip", seed: int = 0, tokens: int = 4) ->
     return {"image_proj": proj, "ip_adapter": layers}
 
 
+FACE_DIM = 512  # insightface's normed_embedding
+
+
+def random_faceid(unet, seed: int = 0, tokens: int = 4, rank: int = 4, mult: int = 2) -> dict[str, dict[str, torch.Tensor]]:
+    """Original-layout IP-Adapter FaceID weights for a Diffusers UNet: the face MLP + norm, ``to_k_ip`` / ``to_v_ip``
+    per cross-attention layer and a rank-``rank`` LoRA (q, k, v, out) on every attention layer, as
+    ``ip-adapter-faceid_sd15.bin`` holds them.  Large enough to change the picture."""
+    g = torch.Generator().manual_seed(seed + 50)
+    width, inner = unet.config.cross_attention_dim, FACE_DIM * mult
+    # unit-length faces: proj.0 at scale 1 keeps their differences at order one through the MLP
+    proj = {"proj.0.weight": _randn(g, inner, FACE_DIM, scale=1.0), "proj.0.bias": _randn(g, inner, scale=0.1),
+            "proj.2.weight": _randn(g, tokens * width, inner, scale=0.1), "proj.2.bias": _randn(g, tokens * width, scale=0.1),
+            "norm.weight": 1 + _randn(g, width, scale=0.1), "norm.bias": _randn(g, width, scale=0.1)}
+    layers = {}
+    names = [k for k in unet.attn_processors if not k.startswith("encoder_hid_proj.")]
+    for n, name in enumerate(names):
+        attn = unet.get_submodule(name[: -len(".processor")])
+        for part, linear in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v), ("to_out", attn.to_out[0])):
+            layers[f"{n}.{part}_lora.down.weight"] = _randn(g, rank, linear.in_features)
+            layers[f"{n}.{part}_lora.up.weight"] = _randn(g, linear.out_features, rank)
+    for n, inner_dim, context in cross_attention_layers(unet):
+        layers[f"{n}.to_k_ip.weight"] = _randn(g, inner_dim, context)
+        layers[f"{n}.to_v_ip.weight"] = _randn(g, inner_dim, context)
+    return {"image_proj": proj, "ip_adapter": layers}
+
+
+def face(seed: int = 0, rows: int = 1, faces: int = 1) -> torch.Tensor:
+    """Stand-in face embeddings ``(rows, faces, 1, 512)``, unit length like insightface's ``normed_embedding``."""
+    x = torch.randn(rows, faces, 1, FACE_DIM, generator=torch.Generator().manual_seed(seed + 300))
+    return x / x.norm(dim=-1, keepdim=True)
+
+
 def flat(state: dict) -> dict[str, torch.Tensor]:
     """The nested dict as a ``.safetensors`` file stores it (``image_proj.proj.weight`` ...)."""
     return {f"{group}.{k}": v.contiguous() for group, part in state.items() for k, v in part.items()}

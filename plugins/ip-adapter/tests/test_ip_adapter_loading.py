@@ -167,8 +167,9 @@ def test_bad_files_leave_the_pipeline_as_it_was(tmp_path, repo):
                                                         if not k.startswith("1.")}}, None, None), ValueError,
          "for 3 attention layers"),
         (({"unet.down.lora_A.weight": torch.ones(2)}, None, None), ValueError, "not an IP-Adapter file"),
-        ((faceid, None, None), ValueError, "FaceID"),
-        ((lora, None, None), ValueError, "FaceID"),
+        # FaceID files load (test_ip_adapter_faceid.py); incomplete ones are refused, naming what is missing
+        ((faceid, None, None), ValueError, r"FaceID image projection, but missing \['norm.bias', 'proj.0.bias'"),
+        ((lora, None, None), ValueError, r"FaceID LoRA of attention layer 1 lacks \['ip_adapter.1.to_q_lora.down"),
         (([ip, ip], None, [None, None, None]), ValueError, "give one of each"),
         ((str(repo), "models", "ip.pt"), ValueError, ".safetensors or .bin"),
         ((str(repo), "models", None), ValueError, "weight_name is required"),
