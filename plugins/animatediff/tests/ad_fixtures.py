@@ -57,7 +57,7 @@ def text_encoder(seed=2):
 
 
 def scheduler_pair(name="DDIMScheduler", **over):
-    theirs = getattr(diffusers, name)(**{**SCHED, **over})
+    theirs = getattr(diffusers, name).from_config({**SCHED, **over})
     return theirs, kernel.component(name).from_config(dict(theirs.config))
 
 
