@@ -115,7 +115,8 @@ def feature_extractor(sampling_rate=16000):
     from transformers import ClapFeatureExtractor
 
     return ClapFeatureExtractor(feature_size=64, sampling_rate=sampling_rate, hop_length=7900, max_length_s=1,
-                                fft_window_size=256, truncation="rand_trunc", padding="repeatpad")
+                                fft_window_size=1024, truncation="fusion", padding="repeatpad",
+                                frequency_max=min(14000, sampling_rate // 2))
 
 
 def vocoder(seed=5, **over):
@@ -175,3 +176,29 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def transformers4_clap(clap):
+    """The same ``ClapModel`` weights behind transformers 4's ``get_text_features`` (a tensor), which
+    Diffusers' MusicLDM oracle needs; transformers 5 returns an output object instead."""
+    from transformers import ClapModel
+
+    class Clap4(ClapModel):
+        def get_text_features(self, *args, **kwargs):
+            out = super().get_text_features(*args, **kwargs)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    twin = Clap4(clap.config).eval()
+    twin.load_state_dict(clap.state_dict())
+    return twin
+
+
+def musicldm_components(sched="DDIMScheduler", fe_rate=16000):
+    """(Diffusers components, our components) for MusicLDM; the CLAP weights are the same on both sides."""
+    du, ku = unet()
+    dv, kv = vae()
+    ds, ks = scheduler_pair(sched)
+    clap = clap_model()
+    shared = dict(tokenizer=tokenizer(), feature_extractor=feature_extractor(fe_rate), vocoder=vocoder())
+    return (dict(unet=du, vae=dv, scheduler=ds, text_encoder=transformers4_clap(clap), **shared),
+            dict(unet=ku, vae=kv, scheduler=ks, text_encoder=clap, **shared))
