@@ -3,8 +3,8 @@ Models", arXiv:2308.06721) for kernel's UNet and Flux pipelines (the ``kernel-ip
 
 ``IPAdapterMixin`` gives a UNet pipeline Diffusers' ``load_ip_adapter`` / ``set_ip_adapter_scale`` /
 ``unload_ip_adapter`` / ``prepare_ip_adapter_image_embeds`` and the ``ip_adapter_image`` /
-``ip_adapter_image_embeds`` call arguments; ``IPAdapter`` is the same change on a bare UNet as a
-:class:`kernel.protocols.Adapter`.  ``FluxIPAdapterMixin`` / ``FluxIPAdapter`` are the same for the Flux
+``ip_adapter_image_embeds`` call arguments (FaceID and FaceID Plus files take precomputed face
+embeddings); ``IPAdapter`` is the same change on a bare UNet as a :class:`kernel.protocols.Adapter`.  ``FluxIPAdapterMixin`` / ``FluxIPAdapter`` are the same for the Flux
 pipelines and transformer (XLabs' Flux IP-Adapter, with ``negative_ip_adapter_image(_embeds)`` for true
 classifier-free guidance).  See ``docs/adapters.md``.
 """
@@ -19,6 +19,7 @@ from kernel_ip_adapter.processor import IPAdapterAttnProcessor, IPAdapterAttnPro
 from kernel_ip_adapter.projection import (
     ImageProjection,
     IPAdapterFaceIDImageProjection,
+    IPAdapterFaceIDPlusImageProjection,
     IPAdapterFullImageProjection,
     IPAdapterPlusImageProjection,
     MultiIPAdapterImageProjection,
@@ -27,7 +28,7 @@ from kernel_ip_adapter.projection import (
 __all__ = [
     "FluxIPAdapter", "FluxIPAdapterAttnProcessor", "FluxIPAdapterMixin", "convert_flux", "flux_ip_processors",
     "IMAGE_EMBEDS", "IPAdapter", "IPAdapterAttnProcessor", "IPAdapterAttnProcessor2_0", "IPAdapterFaceIDImageProjection",
-    "IPAdapterFormatError",
+    "IPAdapterFaceIDPlusImageProjection", "IPAdapterFormatError",
     "IPAdapterFullImageProjection", "IPAdapterMaskProcessor", "IPAdapterMixin", "IPAdapterPlusImageProjection",
     "IPAdapterWeights", "ImageProjection", "MultiIPAdapterImageProjection", "convert", "installed", "ip_processors",
     "projection_layers",

@@ -13,6 +13,9 @@ An IP-Adapter file (tencent-ailab/IP-Adapter, the ``h94/IP-Adapter`` checkpoints
                                 ``ff.1.net.0.proj``, ``ff.1.net.2``)
   ``proj.0``/``proj.2``/``proj.3``  IP-Adapter Full-face: MLP (``ff.net.0.proj``, ``ff.net.2``) + ``norm``
   ``proj.0``/``proj.2``, ``norm``  IP-Adapter FaceID: MLP of the face embedding to tokens + ``norm``
+  ``perceiver_resampler.*``     IP-Adapter FaceID Plus / PlusV2: the face MLP (``proj.0``/``proj.2`` ->
+                                ``proj.net.0.proj``/``proj.net.2``, ``norm``) and a resampler named as
+                                Plus's above
   ============================  ==================================================================
 
 * ``ip_adapter.<n>.to_k_ip.weight`` / ``to_v_ip.weight``: image key/value projections for attention
@@ -25,8 +28,7 @@ An IP-Adapter file (tencent-ailab/IP-Adapter, the ``h94/IP-Adapter`` checkpoints
 ``.safetensors`` files are flat (``image_proj.proj.weight``); ``.bin`` files hold two nested dicts and
 are read with ``torch.load(weights_only=True)`` only.  Sources are a state dict, a file, a folder
 (``subfolder`` / ``weight_name``) or a Hub repository (through :mod:`kernel.hub`: its cache,
-``HF_HUB_OFFLINE``, ``revision`` ...).  FaceID Plus / PlusV2 files (a face resampler over CLIP
-features) are refused with a message naming them.
+``HF_HUB_OFFLINE``, ``revision`` ...).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from kernel import hub
 
 from kernel_ip_adapter.projection import (
     IPAdapterFaceIDImageProjection,
+    IPAdapterFaceIDPlusImageProjection,
     IPAdapterFullImageProjection,
     IPAdapterPlusImageProjection,
     ImageProjection,
@@ -67,7 +70,7 @@ class IPAdapterFormatError(ValueError):
 class IPAdapterWeights:
     """One IP-Adapter in module names: its image projection and its per-layer image key/value weights."""
 
-    kind: str                                        # "ip-adapter", "plus", "full" or "faceid"
+    kind: str                                        # "ip-adapter", "plus", "full", "faceid", "faceid-plus"
     projection_class: type
     projection_args: dict[str, Any]
     projection_state: dict[str, torch.Tensor]
@@ -244,7 +247,8 @@ def _faceid(group: dict, source: str) -> tuple:
     return "faceid", IPAdapterFaceIDImageProjection, args, state, tokens
 
 
-def _plus(group: dict, source: str) -> tuple:
+def _resampler(group: dict) -> dict[str, torch.Tensor]:
+    """A Plus resampler's tensors in module names (``to_kv`` split); keys it does not know are kept as they are."""
     state: dict[str, torch.Tensor] = {}
     for key, value in group.items():
         attn, ff = _PLUS_ATTN.match(key), _PLUS_FF.match(key)
@@ -261,18 +265,50 @@ def _plus(group: dict, source: str) -> tuple:
             state[f"layers.{i}.{_PLUS_FF_NAMES[part]}.{kind}"] = value
         else:  # latents, proj_in, proj_out, norm_out, or keys already in module names
             state[key] = value
-    for key in ("latents", "proj_in.weight", "proj_out.weight", "layers.0.attn.to_q.weight", "layers.0.ff.1.net.0.proj.weight"):
+    return state
+
+
+def _resampler_shape(state: dict, source: str, kind: str) -> dict[str, Any]:
+    """Depth, heads and feed-forward ratio of a converted resampler (checked for the keys they come from)."""
+    for key in ("proj_in.weight", "proj_out.weight", "layers.0.attn.to_q.weight", "layers.0.ff.1.net.0.proj.weight"):
         if key not in state:
-            raise IPAdapterFormatError(f"{source}: an IP-Adapter Plus image projection needs {key!r} (in the original "
-                                       "layout); this file's image_proj is not one this plugin reads")
+            raise IPAdapterFormatError(f"{source}: an {kind} image projection needs {key!r} (in the original layout); "
+                                       "this file's image_proj is not one this plugin reads")
+    width = state["layers.0.attn.to_q.weight"].shape[1]
+    return dict(depth=1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers.")), dim_head=_PLUS_DIM_HEAD,
+                heads=state["layers.0.attn.to_q.weight"].shape[0] // _PLUS_DIM_HEAD,
+                ffn_ratio=state["layers.0.ff.1.net.0.proj.weight"].shape[0] / width)
+
+
+def _faceid_plus(group: dict, source: str) -> tuple:
+    prefix = "perceiver_resampler."
+    state = _resampler({k[len(prefix):]: v for k, v in group.items() if k.startswith(prefix)})
+    face = {k: v for k, v in group.items() if not k.startswith(prefix)}
+    _need(face, ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias"), source,
+          "IP-Adapter FaceID Plus")
+    names = {"proj.0": "proj.net.0.proj", "proj.2": "proj.net.2", "norm": "norm"}
+    state.update({f"{names[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in face.items()})
+    shape = _resampler_shape(state, source, "IP-Adapter FaceID Plus")
+    embed_dims, hidden_dims = state["proj_in.weight"].shape
+    tokens, rest = divmod(face["proj.2.weight"].shape[0], embed_dims)
+    if rest:
+        raise IPAdapterFormatError(f"{source}: proj.2 has {face['proj.2.weight'].shape[0]} outputs, not a multiple of "
+                                   f"the resampler width {embed_dims}")
+    args = dict(embed_dims=embed_dims, output_dims=state["proj_out.weight"].shape[0], hidden_dims=hidden_dims,
+                id_embeddings_dim=face["proj.0.weight"].shape[1], num_tokens=tokens,
+                proj_inner_dim=face["proj.0.weight"].shape[0], **shape)
+    return "faceid-plus", IPAdapterFaceIDPlusImageProjection, args, state, tokens
+
+
+def _plus(group: dict, source: str) -> tuple:
+    state = _resampler(group)
+    if "latents" not in state:
+        raise IPAdapterFormatError(f"{source}: an IP-Adapter Plus image projection needs 'latents' (in the original "
+                                   "layout); this file's image_proj is not one this plugin reads")
+    shape = _resampler_shape(state, source, "IP-Adapter Plus")
     latents = state["latents"]
-    hidden = latents.shape[2]
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers."))
-    inner = state["layers.0.ff.1.net.0.proj.weight"].shape[0]
     args = dict(embed_dims=state["proj_in.weight"].shape[1], output_dims=state["proj_out.weight"].shape[0],
-                hidden_dims=hidden, depth=depth, dim_head=_PLUS_DIM_HEAD,
-                heads=state["layers.0.attn.to_q.weight"].shape[0] // _PLUS_DIM_HEAD, num_queries=latents.shape[1],
-                ffn_ratio=inner / hidden)
+                hidden_dims=latents.shape[2], num_queries=latents.shape[1], **shape)
     return "plus", IPAdapterPlusImageProjection, args, state, latents.shape[1]
 
 
@@ -280,11 +316,9 @@ def convert(state: Mapping[str, Any], source: str = "the state dict") -> IPAdapt
     """One IP-Adapter state dict (original layout, flat or nested) -> :class:`IPAdapterWeights`."""
     image_proj, group = _groups(state, source)
     layers, lora = _layers(group, source)
-    if "perceiver_resampler.proj_in.weight" in image_proj:
-        raise IPAdapterFormatError(f"{source}: an IP-Adapter FaceID Plus / PlusV2 file (a face resampler over CLIP "
-                                   "image features); only plain FaceID files (ip-adapter-faceid_sd15 / _sdxl) are "
-                                   "supported")
-    if "proj.weight" in image_proj:
+    if any(k.startswith("perceiver_resampler.") for k in image_proj):
+        kind, cls, args, proj_state, tokens = _faceid_plus(image_proj, source)
+    elif "proj.weight" in image_proj:
         kind, cls, args, proj_state, tokens = _plain(image_proj, source)
     elif "proj.3.weight" in image_proj:
         kind, cls, args, proj_state, tokens = _full(image_proj, source)
@@ -292,13 +326,13 @@ def convert(state: Mapping[str, Any], source: str = "the state dict") -> IPAdapt
         kind, cls, args, proj_state, tokens = _faceid(image_proj, source)
     else:
         kind, cls, args, proj_state, tokens = _plus(image_proj, source)
-    if lora and kind != "faceid":
+    if lora and not kind.startswith("faceid"):
         raise IPAdapterFormatError(f"{source}: LoRA weights in ip_adapter.* belong to FaceID files, but this file's "
                                    f"image projection is an {kind} one")
     weights = IPAdapterWeights(kind, cls, args, proj_state, layers, tokens, source, lora)
     projection = weights.build_projection()  # checks every shape now, before anything is changed
     width = weights.token_width
-    out = projection.norm.normalized_shape[0] if hasattr(projection, "norm") else projection.norm_out.normalized_shape[0]
+    out = (projection.norm_out if hasattr(projection, "norm_out") else projection.norm).normalized_shape[0]
     if out != width:
         raise IPAdapterFormatError(f"{source}: the image projection makes tokens of width {out} but to_k_ip takes {width}")
     return weights

@@ -42,7 +42,7 @@ from kernel import hub
 from kernel_ip_adapter import adapter as installer
 from kernel_ip_adapter.adapter import IPAdapter, ip_processors, projection_layers
 from kernel_ip_adapter.formats import load
-from kernel_ip_adapter.projection import embeds_layout, is_faceid
+from kernel_ip_adapter.projection import IPAdapterFaceIDPlusImageProjection, embeds_layout, is_faceid
 from kernel_ip_adapter.scales import check_scale, expand_block_scales
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ class IPAdapterMixin:
         IP-Adapters loaded before.  Everything is checked before the pipeline changes.
 
         FaceID files (``ip-adapter-faceid_sd15.bin`` / ``_sdxl``) take precomputed face embeddings
-        (``ip_adapter_image_embeds``).  Their LoRA is handled exactly as Diffusers does: with LoRA support
+        (``ip_adapter_image_embeds``); FaceID Plus / PlusV2 files take them too, plus the face image's CLIP hidden
+        states set as ``unet.encoder_hid_proj.image_projection_layers[i].clip_embeds`` (and ``shortcut = True``
+        for PlusV2), as in Diffusers.  Their LoRA is handled exactly as Diffusers does: with LoRA support
         (``kernel-lora``) it is loaded into the UNet as LoRA adapter ``faceid_<i>`` (``i``: the adapter's
         place in the list) at weight 1.0 and made the active adapter (``set_adapters(["faceid_<i>"])``), unless
         an adapter of that name is loaded already; ``unload_ip_adapter`` leaves it, and
@@ -276,12 +278,18 @@ class IPAdapterMixin:
             raise ValueError(f"{where} needs ip_adapter_image or ip_adapter_image_embeds")
         n = len(layers)
         if image is not None:
-            faceid = [i for i, layer in enumerate(layers) if is_faceid(layer)]
-            if faceid:
-                raise ValueError(f"ip_adapter_image was given, but IP-Adapter {faceid[0]} is a FaceID adapter: FaceID "
-                                 "takes precomputed face embeddings (insightface's normed_embedding), not images; pass "
-                                 "ip_adapter_image_embeds=[face_embeds] with face_embeds shaped (2, faces, 1, 512) "
-                                 "([negative; positive]) or (1, faces, 1, 512)")
+            for i, layer in enumerate(layers):
+                plus = isinstance(layer, IPAdapterFaceIDPlusImageProjection)
+                if plus and where != "the call":
+                    continue  # the face image's CLIP features for clip_embeds, as Diffusers' FaceID Plus recipe makes them
+                if is_faceid(layer):
+                    raise ValueError(
+                        f"ip_adapter_image was given, but IP-Adapter {i} is a FaceID{' Plus' if plus else ''} adapter: "
+                        "FaceID takes precomputed face embeddings (insightface's normed_embedding), not images; pass "
+                        "ip_adapter_image_embeds=[face_embeds] with face_embeds shaped (2, faces, 1, 512) ([negative; "
+                        "positive]) or (1, faces, 1, 512)"
+                        + ("; the face image's CLIP features go to image_projection_layers[i].clip_embeds "
+                           "(prepare_ip_adapter_image_embeds([face_image], None, device, n, True)[i])" if plus else ""))
             images = _as_list(image)
             if len(images) != n:
                 raise ValueError(f"ip_adapter_image has {len(images)} entries for {n} IP-Adapter(s); give one image "
@@ -305,6 +313,8 @@ class IPAdapterMixin:
                                      f"FaceID adapter and takes {what}, shaped (rows, faces, 1, {width}) (or (rows, "
                                      f"faces, {width})), with rows = 2 ([negative; positive]) or 1 (the face alone; "
                                      "zeros as negative), or twice / once the number of images")
+                if isinstance(layer, IPAdapterFaceIDPlusImageProjection) and where == "the call":
+                    layer.check_clip_embeds()
                 continue
             if x.ndim != ndim or x.shape[-1] != width:
                 shape = "(rows, images, width)" if ndim == 3 else "(rows, images, tokens, width)"

@@ -11,6 +11,10 @@
 * :class:`IPAdapterFaceIDImageProjection` (IP-Adapter FaceID, tencent-ailab/IP-Adapter): an MLP from one
   insightface face embedding ``(N, 512)`` to ``num_tokens`` tokens and a layer norm per token
   ``-> (N, num_tokens, cross_attention_dim)``; it takes precomputed face embeddings, never images.
+* :class:`IPAdapterFaceIDPlusImageProjection` (IP-Adapter FaceID Plus / PlusV2): the face embedding's
+  ``num_tokens`` tokens are the queries of a Perceiver resampler over the CLIP hidden states of the face
+  image, which the caller sets as ``clip_embeds`` before the call (Diffusers' interface); PlusV2 adds the
+  face tokens back (``shortcut=True``, weighted by ``shortcut_scale``).
 * :class:`MultiIPAdapterImageProjection`: one projection per loaded IP-Adapter; installed as the UNet's
   ``encoder_hid_proj`` with ``encoder_hid_dim_type="ip_image_proj"``.
 
@@ -26,7 +30,8 @@ from kernel_layers.activations import FeedForward
 from kernel_layers.attention import Attention
 from kernel_layers.embeddings import ImageProjection
 
-__all__ = ["ImageProjection", "IPAdapterFaceIDImageProjection", "IPAdapterFullImageProjection",
+__all__ = ["ImageProjection", "IPAdapterFaceIDImageProjection", "IPAdapterFaceIDPlusImageProjection",
+           "IPAdapterFullImageProjection",
            "IPAdapterPlusImageProjection", "IPAdapterPlusImageProjectionBlock", "MultiIPAdapterImageProjection",
            "embeds_layout", "is_faceid"]
 
@@ -103,9 +108,74 @@ class IPAdapterPlusImageProjection(nn.Module):
         return self.norm_out(self.proj_out(latents))
 
 
+class IPAdapterFaceIDPlusImageProjection(nn.Module):
+    """Face resampler of IP-Adapter FaceID Plus / PlusV2.
+
+    ``forward(id_embeds)``: face embeddings ``(N, id_embeddings_dim)`` (or ``(N, 1, id_embeddings_dim)``) ->
+    ``(N, num_tokens, output_dims)``.  The CLIP side is the attribute ``clip_embeds``: penultimate hidden
+    states of the face image, ``(rows, images, S, hidden_dims)`` with ``rows * images == N`` (for a guided call
+    the ``[negative; positive]`` rows ``prepare_ip_adapter_image_embeds(..., do_classifier_free_guidance=True)``
+    makes).  ``shortcut`` (PlusV2) returns ``face tokens + shortcut_scale * resampled``; it needs
+    ``output_dims == embed_dims``.
+    """
+
+    def __init__(self, embed_dims: int = 768, output_dims: int = 768, hidden_dims: int = 1280,
+                 id_embeddings_dim: int = 512, depth: int = 4, dim_head: int = 64, heads: int = 16, num_tokens: int = 4,
+                 num_queries: int = 8, ffn_ratio: float = 4, ffproj_ratio: int = 2, proj_inner_dim: int | None = None):
+        super().__init__()
+        self.num_tokens, self.embed_dim = num_tokens, embed_dims
+        self.clip_embeds: torch.Tensor | None = None
+        self.shortcut, self.shortcut_scale = False, 1.0
+        self.proj = FeedForward(id_embeddings_dim, embed_dims * num_tokens, activation_fn="gelu", mult=ffproj_ratio,
+                                inner_dim=proj_inner_dim)
+        self.norm = nn.LayerNorm(embed_dims)
+        self.proj_in = nn.Linear(hidden_dims, embed_dims)
+        self.proj_out = nn.Linear(embed_dims, output_dims)
+        self.norm_out = nn.LayerNorm(output_dims)
+        self.layers = nn.ModuleList([IPAdapterPlusImageProjectionBlock(embed_dims, dim_head, heads, ffn_ratio)
+                                     for _ in range(depth)])
+
+    def check_clip_embeds(self, rows: int | None = None) -> None:
+        """``ValueError`` unless ``clip_embeds`` is set, shaped ``(rows, images, S, hidden_dims)``, and (given
+        ``rows``, the face embeddings' ``rows * images``) has that many feature sets."""
+        clip = self.clip_embeds
+        hint = ("set pipe.unet.encoder_hid_proj.image_projection_layers[i].clip_embeds = "
+                "pipe.prepare_ip_adapter_image_embeds([face_images], None, device, num_images, True)[i]")
+        if not isinstance(clip, torch.Tensor):
+            raise ValueError(f"IP-Adapter FaceID Plus needs the CLIP features of the face image: {hint}")
+        if clip.ndim not in (3, 4) or clip.shape[-1] != self.proj_in.in_features:
+            raise ValueError(f"clip_embeds has shape {tuple(clip.shape)}; FaceID Plus takes penultimate CLIP hidden "
+                             f"states (rows, images, tokens, {self.proj_in.in_features}); {hint}")
+        have = clip.shape[0] * (clip.shape[1] if clip.ndim == 4 else 1)
+        if rows is not None and have != rows:
+            raise ValueError(f"clip_embeds holds {have} feature sets for {rows} face embeddings in this UNet call; "
+                             "make them with the same do_classifier_free_guidance and number of images as the call")
+
+    def forward(self, id_embeds: torch.Tensor) -> torch.Tensor:
+        self.check_clip_embeds()
+        weight = self.proj_in.weight
+        clip = self.clip_embeds.to(device=weight.device, dtype=weight.dtype)
+        faces = self.norm(self.proj(id_embeds.to(weight.dtype)).reshape(-1, self.num_tokens, self.embed_dim))
+        self.check_clip_embeds(faces.shape[0])
+        x = self.proj_in(clip.reshape(-1, *clip.shape[-2:]))
+        latents = faces
+        for block in self.layers:
+            latents = block(x, latents, latents)
+        out = self.norm_out(self.proj_out(latents))
+        if not self.shortcut:
+            return out
+        if out.shape[-1] != faces.shape[-1]:
+            raise ValueError(f"shortcut=True adds the face tokens (width {faces.shape[-1]}) to the output (width "
+                             f"{out.shape[-1]}); this FaceID Plus projection cannot (use shortcut=False)")
+        return faces + self.shortcut_scale * out
+
+
+_FACE_PROJECTIONS = (IPAdapterFaceIDImageProjection, IPAdapterFaceIDPlusImageProjection)
+
+
 def is_faceid(projection: nn.Module) -> bool:
-    """Whether a projection takes face embeddings (FaceID) rather than image-encoder outputs."""
-    return isinstance(projection, IPAdapterFaceIDImageProjection)
+    """Whether a projection takes face embeddings (FaceID, FaceID Plus) rather than image-encoder outputs."""
+    return isinstance(projection, _FACE_PROJECTIONS)
 
 
 def embeds_layout(projection: nn.Module) -> tuple[int, int, str]:
@@ -115,6 +185,8 @@ def embeds_layout(projection: nn.Module) -> tuple[int, int, str]:
     read the same)."""
     if isinstance(projection, IPAdapterFaceIDImageProjection):
         return 4, projection.ff.net[0].proj.in_features, "precomputed face embeddings (insightface normed_embedding)"
+    if isinstance(projection, IPAdapterFaceIDPlusImageProjection):
+        return 4, projection.proj.net[0].proj.in_features, "precomputed face embeddings (insightface normed_embedding)"
     if isinstance(projection, ImageProjection):
         return 3, projection.image_embeds.in_features, "pooled image embeddings (image_encoder(...).image_embeds)"
     if isinstance(projection, IPAdapterPlusImageProjection):

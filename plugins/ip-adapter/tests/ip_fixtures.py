@@ -100,16 +100,32 @@ def random_ip_adapter(unet, kind: str = "ip", seed: int = 0, tokens: int = 4) ->
 FACE_DIM = 512  # insightface's normed_embedding
 
 
-def random_faceid(unet, seed: int = 0, tokens: int = 4, rank: int = 4, mult: int = 2) -> dict[str, dict[str, torch.Tensor]]:
+def random_faceid(unet, seed: int = 0, plus: bool = False, tokens: int = 4, rank: int = 4,
+                  mult: int = 2) -> dict[str, dict[str, torch.Tensor]]:
     """Original-layout IP-Adapter FaceID weights for a Diffusers UNet: the face MLP + norm, ``to_k_ip`` / ``to_v_ip``
     per cross-attention layer and a rank-``rank`` LoRA (q, k, v, out) on every attention layer, as
-    ``ip-adapter-faceid_sd15.bin`` holds them.  Large enough to change the picture."""
+    ``ip-adapter-faceid_sd15.bin`` holds them; with ``plus`` also the face resampler (``perceiver_resampler.*``, four
+    layers of one 64-wide head over the tiny CLIP encoder's hidden states) of ``ip-adapter-faceid-plus(v2)_sd15.bin``.
+    Large enough to change the picture."""
     g = torch.Generator().manual_seed(seed + 50)
     width, inner = unet.config.cross_attention_dim, FACE_DIM * mult
     # unit-length faces: proj.0 at scale 1 keeps their differences at order one through the MLP
     proj = {"proj.0.weight": _randn(g, inner, FACE_DIM, scale=1.0), "proj.0.bias": _randn(g, inner, scale=0.1),
             "proj.2.weight": _randn(g, tokens * width, inner, scale=0.1), "proj.2.bias": _randn(g, tokens * width, scale=0.1),
             "norm.weight": 1 + _randn(g, width, scale=0.1), "norm.bias": _randn(g, width, scale=0.1)}
+    if plus:  # the resampler works at the token width, so PlusV2's shortcut fits
+        hidden, p = VISION["hidden_size"], "perceiver_resampler."
+        proj.update({p + "proj_in.weight": _randn(g, width, hidden), p + "proj_in.bias": _randn(g, width),
+                     p + "proj_out.weight": _randn(g, width, width), p + "proj_out.bias": _randn(g, width),
+                     p + "norm_out.weight": 1 + _randn(g, width, scale=0.1), p + "norm_out.bias": _randn(g, width)})
+        for i in range(4):
+            q = f"{p}layers.{i}."
+            proj.update({q + "0.norm1.weight": 1 + _randn(g, width, scale=0.1), q + "0.norm1.bias": _randn(g, width),
+                         q + "0.norm2.weight": 1 + _randn(g, width, scale=0.1), q + "0.norm2.bias": _randn(g, width),
+                         q + "0.to_q.weight": _randn(g, 64, width), q + "0.to_kv.weight": _randn(g, 128, width),
+                         q + "0.to_out.weight": _randn(g, width, 64), q + "1.0.weight": 1 + _randn(g, width, scale=0.1),
+                         q + "1.0.bias": _randn(g, width), q + "1.1.weight": _randn(g, 4 * width, width),
+                         q + "1.3.weight": _randn(g, width, 4 * width, scale=0.1)})
     layers = {}
     names = [k for k in unet.attn_processors if not k.startswith("encoder_hid_proj.")]
     for n, name in enumerate(names):

@@ -1,4 +1,5 @@
-"""IP-Adapter FaceID (precomputed insightface embeddings, no face detector) on SD 1.x and SDXL against Diffusers:
+"""IP-Adapter FaceID and FaceID Plus / PlusV2 (precomputed insightface embeddings, no face detector) on SD 1.x and
+SDXL against Diffusers:
 files written here in the original layout (face MLP, ``to_k_ip`` / ``to_v_ip``, a LoRA on every attention layer)
 load in both libraries and give the same images; the LoRA is handled as Diffusers handles it; bad input is a clear
 error."""
@@ -16,7 +17,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ip_fixtures as ipf  # noqa: E402
 from ip_fixtures import single_thread  # noqa: E402,F401
 
-from kernel_ip_adapter import IPAdapter, IPAdapterFaceIDImageProjection, installed, projection_layers  # noqa: E402
+from kernel_ip_adapter import (  # noqa: E402
+    IPAdapter,
+    IPAdapterFaceIDImageProjection,
+    IPAdapterFaceIDPlusImageProjection,
+    installed,
+    projection_layers,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -171,6 +178,9 @@ def test_bad_faceid_files_leave_the_pipeline_as_it_was():
                  "ip_adapter": good["ip_adapter"]}
     plus = {"image_proj": {"perceiver_resampler.proj_in.weight": torch.ones(8, 8), "norm.weight": torch.ones(8)},
             "ip_adapter": good["ip_adapter"]}
+    good_plus = ipf.random_faceid(d.unet, plus=True)
+    plus_no_out = {"image_proj": {k: v for k, v in good_plus["image_proj"].items() if "proj_out" not in k},
+                   "ip_adapter": good["ip_adapter"]}
     ip = ipf.random_ip_adapter(d.unet, "ip")
     lora_on_plain = {"image_proj": ip["image_proj"],
                      "ip_adapter": {**ip["ip_adapter"], **{k: v for k, v in good["ip_adapter"].items() if "lora" in k}}}
@@ -181,7 +191,8 @@ def test_bad_faceid_files_leave_the_pipeline_as_it_was():
         (wrong_layer, r"maps 5 -> 8 features but .*attn1.to_q maps 8 -> 8"),
         (extra_layer, "LoRA weights for attention layer 9 but this UNet has 8 attention layers"),
         (half_proj, r"FaceID image projection, but missing \['proj.2.bias'\]"),
-        (plus, "FaceID Plus / PlusV2"),
+        (plus, r"FaceID Plus image projection, but missing \['norm.bias', 'proj.0.bias'"),
+        (plus_no_out, "FaceID Plus image projection needs 'proj_out.weight'"),
         (lora_on_plain, "belong to FaceID files"),
     ]
     for state, message in cases:
@@ -190,3 +201,47 @@ def test_bad_faceid_files_leave_the_pipeline_as_it_was():
         assert not installed(o.unet) and o.unet.encoder_hid_proj is None
         assert all(o.unet.attn_processors[k] is v for k, v in processors.items())
         assert o.get_list_adapters() == {}, "no LoRA adapter is left behind"
+
+
+@pytest.mark.parametrize("xl", [False, True], ids=["sd15", "sdxl"])
+def test_faceid_plus_and_plus_v2_match_diffusers(xl):
+    d, o = ipf.pipelines(xl=xl)  # the face image's CLIP features come from the pipeline's image encoder
+    state = ipf.random_faceid(d.unet, plus=True)
+    base = ipf.run(o)
+    for p in (d, o):
+        p.load_ip_adapter(state, subfolder=None, weight_name=None, image_encoder_folder=None)
+    layer = projection_layers(o.unet)[0]
+    assert type(layer) is IPAdapterFaceIDPlusImageProjection and o.get_list_adapters() == {"unet": ["faceid_0"]}
+    face = _with_negative(ipf.face())
+    with pytest.raises(ValueError, match="FaceID Plus needs the CLIP features of the face image"):
+        ipf.run(o, ip_adapter_image_embeds=[face])
+    # Diffusers' recipe: the CLIP hidden states of the face image ([black image; face image]) as clip_embeds
+    clip = o.prepare_ip_adapter_image_embeds([ipf.ip_image()], None, "cpu", 1, True)[0]
+    theirs = d.prepare_ip_adapter_image_embeds([ipf.ip_image()], None, "cpu", 1, True)[0]
+    torch.testing.assert_close(clip, theirs, atol=1e-6, rtol=0)
+    layer.clip_embeds, d.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = clip, theirs
+    results = []
+    for shortcut in (False, True):  # Plus, then PlusV2
+        for p in (d, o):
+            p.unet.encoder_hid_proj.image_projection_layers[0].shortcut = shortcut
+        ours = ipf.run(o, ip_adapter_image_embeds=[face])
+        ipf.assert_close(ours, ipf.run(d, ip_adapter_image_embeds=[face]), atol=1e-3)
+        results.append(ours)
+    assert np.abs(results[0] - base).max() > 5e-2 and np.abs(results[1] - results[0]).max() > 1e-2
+    layer.shortcut_scale = d.unet.encoder_hid_proj.image_projection_layers[0].shortcut_scale = 0.5
+    o.set_ip_adapter_scale(0.7)
+    d.set_ip_adapter_scale(0.7)
+    ipf.assert_close(ipf.run(o, ip_adapter_image_embeds=[face]), ipf.run(d, ip_adapter_image_embeds=[face]), atol=1e-3)
+
+    with pytest.raises(ValueError, match="FaceID Plus adapter.*clip_embeds"):
+        ipf.run(o, ip_adapter_image=ipf.ip_image())
+    layer.clip_embeds = clip[1:]  # made without guidance, used with it
+    with pytest.raises(ValueError, match="clip_embeds holds 1 feature sets for 2 face embeddings"):
+        ipf.run(o, ip_adapter_image_embeds=[face])
+    layer.clip_embeds = torch.zeros(2, 1, 17, 5)
+    with pytest.raises(ValueError, match=r"clip_embeds has shape \(2, 1, 17, 5\)"):
+        ipf.run(o, ip_adapter_image_embeds=[face])
+    for p in (d, o):
+        p.unload_ip_adapter()
+    o.delete_adapters("faceid_0")
+    np.testing.assert_array_equal(ipf.run(o), base)
