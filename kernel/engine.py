@@ -143,6 +143,11 @@ class Engine:
         """One denoiser call; returns the prediction shaped like ``model_input``'s latents."""
         raise NotImplementedError(f"{type(self).__name__} does not say how to evaluate its denoiser (_evaluate)")
 
+    def _step_kwargs(self, index: int, timesteps: torch.Tensor) -> dict[str, Any]:
+        """Per-step keyword arguments for ``scheduler.step`` on top of the call's (none by default; the unCLIP
+        prior passes the next timestep, ``prev_timestep``, to a scheduler that is told each jump)."""
+        return {}
+
     # ---------------------------------------------------------------- the loop
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, num_inference_steps: int,
                 conditioning: Conditioning, guider: Any, *, step_kwargs: dict | None = None,
@@ -169,7 +174,8 @@ class Engine:
                 step = GuidanceStep(i, len(timesteps), t, conditioning.negative is not None)
                 prediction = self._guided_prediction(latents, t, conditioning, guider, step, hooks)
                 dtype = latents.dtype
-                stepped = scheduler.step(prediction, t, latents, **(step_kwargs or {}), return_dict=False)
+                stepped = scheduler.step(prediction, t, latents, **(step_kwargs or {}), **self._step_kwargs(i, timesteps),
+                                         return_dict=False)
                 latents = stepped[output_index] if len(stepped) > output_index else stepped[0]
                 if blend is not None:
                     latents = blend(i, latents)

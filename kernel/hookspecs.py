@@ -8,8 +8,7 @@
         if family == "mine" and "transformer" not in model_index:
             return "a 'mine' folder has a transformer"
 
-Every hook here has a caller in the kernel; the single-file loader will add family detection and
-checkpoint conversion hooks together with the code that calls them.
+Every hook here has a caller in the kernel (the last three: :mod:`kernel.checkpoints`).
 """
 
 from __future__ import annotations
@@ -29,3 +28,23 @@ def kernel_check_fits(family: str, model_index: dict) -> str | None:
 def kernel_register_commands(subparsers) -> None:
     """Add subcommands to the ``kernel`` command line (``subparsers`` from :mod:`argparse`); each sets
     ``func`` with ``set_defaults(func=...)``, called with the parsed arguments and returning an exit code."""
+
+
+@hookspec
+def kernel_single_file_families() -> dict:
+    """The single-file families this plugin converts, each mapped to a folder of bundled Diffusers configs
+    (``model_index.json``, each component's config and the scheduler's; no weights)."""
+
+
+@hookspec
+def kernel_detect_family(shapes: dict) -> str | None:
+    """The family of a checkpoint from its ``key -> shape`` map, or ``None`` when not this plugin's; raise
+    ``ValueError`` for a file that is no model checkpoint (a LoRA, an embedding), saying what it is."""
+
+
+@hookspec(firstresult=True)
+def kernel_convert_checkpoint(family: str, component: str, checkpoint, model, options: dict) -> dict | None:
+    """Component ``component`` of a ``family`` checkpoint as a state dict for ``model`` (that component built
+    from its config on the meta device: its ``state_dict()`` holds the keys and shapes to produce), or ``None``
+    (not in the file, or not this plugin's family).  ``checkpoint`` maps original keys to tensors read on
+    access; ``options`` are the caller's other keyword arguments."""

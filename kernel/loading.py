@@ -21,10 +21,6 @@ def _pipeline_base():
     return DiffusionPipeline
 
 
-def _component_params(cls: type) -> set[str]:
-    return {n for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
-
-
 def check_fits(family: str, family_cls: type, index: dict) -> None:
     """Raise :class:`CheckpointMismatchError` when ``index`` cannot be loaded as ``family``.
 
@@ -63,11 +59,12 @@ def check_fits(family: str, family_cls: type, index: dict) -> None:
 
 
 def load(family_or_source: str | os.PathLike, source: str | os.PathLike | None = None, **kwargs: Any):
-    """``load(source)`` detects the pipeline; ``load(family, source)`` checks the family fits first."""
+    """``load(source)`` detects the pipeline (folder, repo or single file); ``load(family, source)`` checks it fits."""
     Pipeline = _pipeline_base()
     registry = get_registry()
     if source is None:
-        return Pipeline.from_pretrained(family_or_source, **kwargs)
+        single = Path(family_or_source).is_file()  # one checkpoint file in an original layout
+        return (Pipeline.from_single_file if single else Pipeline.from_pretrained)(family_or_source, **kwargs)
     family = str(family_or_source)
     try:
         family_cls = registry.resolve(family, "kernel.aliases")
@@ -76,9 +73,10 @@ def load(family_or_source: str | os.PathLike, source: str | os.PathLike | None =
             family_cls = registry.resolve(family)
         else:
             raise
+    if Path(source).is_file():  # from_single_file checks that the file fits the class
+        return family_cls.from_single_file(source, **kwargs)
     hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
-    index = Pipeline.load_model_index(source, **hub)
-    check_fits(family, family_cls, index)
+    check_fits(family, family_cls, Pipeline.load_model_index(source, **hub))
     return family_cls.from_pretrained(source, **kwargs)
 
 
@@ -111,7 +109,3 @@ def sampler(name: str, config: Any = None) -> Any:
         name.lower(), [k.lower() for k in known], n=3, cutoff=0.5)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise ValueError(f"unknown sampler {name!r}; `kernel samplers` lists the {len(known)} installed ones.{hint}")
-
-
-def is_pipeline_folder(path: str | os.PathLike) -> bool:
-    return (Path(path) / "model_index.json").is_file()

@@ -83,41 +83,58 @@ def read_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Read tensors from safetensors (or legacy ``.bin`` via ``weights_only``) onto ``device`` in ``dtype``.
 
+    ``files`` may also hold already-read tensors (a :class:`kernel.checkpoints.Checkpoint` or a dict).
     ``device_for(key)`` may pick a device per tensor (device maps).  Floating tensors under a
     ``keep_fp32`` module prefix keep float32.
     """
-    from safetensors import SafetensorError, safe_open
+    from kernel.checkpoints import Checkpoint
 
     out: dict[str, torch.Tensor] = {}
-
-    def cast(key: str, t: torch.Tensor) -> torch.Tensor:
-        if dtype is not None and t.is_floating_point():
-            target = torch.float32 if any(key.startswith(p + ".") or key == p for p in keep_fp32) else dtype
-            if t.dtype != target:
-                t = t.to(target)
-        return t
-
     for file in files:
-        file = Path(file)
-        if file.suffix == ".safetensors":
-            try:
-                with safe_open(str(file), framework="pt", device="cpu") as f:
-                    for key in f.keys():
-                        dev = device_for(key) if device_for else device
-                        t = cast(key, f.get_tensor(key))
-                        out[key] = t.to(dev) if dev is not None and str(dev) != "cpu" else t
-            except (SafetensorError, OSError, RuntimeError) as err:
-                raise ValueError(f"could not read {file}: it is corrupt or truncated ({err})") from None
-        else:
-            try:
-                sd = torch.load(str(file), map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - torch raises several kinds
-                raise ValueError(f"could not read legacy weights {file} with weights_only=True ({err})") from None
-            for key, t in sd.items():
-                dev = device_for(key) if device_for else device
-                t = cast(key, t)
-                out[key] = t.to(dev) if dev is not None and str(dev) != "cpu" else t
+        checkpoint = file if isinstance(file, Checkpoint) else Checkpoint(file)
+        for key in checkpoint:
+            t = checkpoint[key]
+            if dtype is not None and t.is_floating_point():
+                t = t.to(torch.float32 if any(key.startswith(p + ".") or key == p for p in keep_fp32) else dtype)
+            dev = device_for(key) if device_for else device
+            out[key] = t.to(dev) if dev is not None and str(dev) != "cpu" else t
     return out
+
+
+def plugin_method(name: str, doc: str):
+    """A method whose work a plugin registers under ``name``: a function ``fn(self, *args, **kwargs)``."""
+
+    def method(self, *args: Any, **kwargs: Any) -> Any:
+        from kernel.registry import ComponentNotFoundError, get_registry
+
+        if not get_registry().has(name):
+            raise ComponentNotFoundError(f"{type(self).__name__}.{name} comes from a plugin, and none installed "
+                                         f"provides {name!r} (pip install kernel-memory)")
+        return get_registry().resolve(name)(self, *args, **kwargs)
+
+    method.__name__, method.__qualname__, method.__doc__ = name, name, f"{doc} (plugin function ``{name}``)."
+    return method
+
+
+def quantizer_for(saved: dict | None, given: Any) -> Any:
+    """The quantizer of one load: ``given`` (a quantizer plugin's config) quantizes full-precision weights;
+    ``saved`` (config.json's ``quantization_config``) reloads quantized ones (class registered as its quant_method)."""
+    config = given if saved is None else saved
+    if config is None:
+        return None
+    if saved is not None and given is not None:
+        logger.warning("the weights are quantized already (%s); quantization_config= is ignored", saved["quant_method"])
+    if isinstance(config, dict):
+        from kernel.registry import get_registry
+
+        method = str(config.get("quant_method"))
+        if not get_registry().has(method):
+            raise ValueError(f"quantization_config has quant_method={method!r}, which no installed quantizer plugin "
+                             "registers (kernel plugins lists what is installed)")
+        config = get_registry().resolve(method).from_dict(config)
+    if not callable(getattr(config, "quantizer", None)):
+        raise TypeError(f"quantization_config must be a quantizer plugin's config (with quantizer()), got {config!r}")
+    return config.quantizer(pre_quantized=saved is not None)
 
 
 def _check_device_map(device_map: Any) -> Any:
@@ -166,7 +183,7 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
     @property
     def dtype(self) -> torch.dtype:
         for p in self.parameters():
-            if p.is_floating_point():
+            if p.is_floating_point() and p.element_size() > 1:  # fp8 is a storage dtype (layerwise casting)
                 return p.dtype
         for b in self.buffers():
             if b.is_floating_point():
@@ -181,6 +198,16 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
 
     def num_parameters(self, only_trainable: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes held by the parameters (and buffers): what quantization and fp8 storage shrink."""
+        tensors = list(self.parameters()) + (list(self.buffers()) if return_buffers else [])
+        return sum(t.nelement() * t.element_size() for t in tensors)
+
+    # ---------------------------------------------------------------- quantization and memory switches
+    dequantize = plugin_method("dequantize", "Undo a quantization_config load: full-precision layers again")
+    enable_layerwise_casting = plugin_method("enable_layerwise_casting", "Weights stored in fp8, upcast per layer")
+    enable_group_offload = plugin_method("enable_group_offload", "Weights moved to the accelerator group by group")
 
     # ---------------------------------------------------------------- gradient checkpointing
     def enable_gradient_checkpointing(self) -> None:
@@ -266,6 +293,13 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
 
     # ---------------------------------------------------------------- loading
     @classmethod
+    def from_single_file(cls, source: Any, **kwargs: Any):
+        """This model from one checkpoint file in its original layout (:func:`kernel.checkpoints.load_model`)."""
+        from kernel.checkpoints import load_model
+
+        return load_model(cls, source, **kwargs)
+
+    @classmethod
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike,
@@ -276,9 +310,10 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
         use_safetensors: bool | None = None,
         output_loading_info: bool = False,
         max_memory: dict | None = None,
+        quantization_config: Any = None,
         **kwargs: Any,
     ):
-        """Load a Diffusers-format model folder (or Hub repo) straight into place."""
+        """Load a Diffusers-format model folder (or Hub repo) straight into place, quantized if asked or saved so."""
         if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
             raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, got {torch_dtype!r}")
         device_map = _check_device_map(device_map)
@@ -294,16 +329,20 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
         files = weight_files(folder, variant, use_safetensors)
         return cls._from_config_and_files(
             config, files, torch_dtype=torch_dtype, device_map=device_map, output_loading_info=output_loading_info,
-            max_memory=max_memory, **kwargs,
+            max_memory=max_memory, quantizer=quantizer_for(config.get("quantization_config"), quantization_config),
+            **kwargs,
         )
 
     @classmethod
     def _from_config_and_files(cls, config, files, torch_dtype=None, device_map=None, output_loading_info=False,
-                               max_memory=None, **overrides):
+                               max_memory=None, quantizer=None, model=None, **overrides):
         from accelerate import init_empty_weights
 
-        with init_empty_weights(include_buffers=False):
-            model = cls.from_config(config, **overrides)
+        if model is None:  # (single-file loading passes the model it converted for, already on the meta device)
+            with init_empty_weights(include_buffers=False):
+                model = cls.from_config(config, **overrides)
+        if quantizer is not None:  # swaps layers on the meta model; picks the dtype of the layers it keeps
+            torch_dtype = quantizer.prepare(model, torch_dtype)
         keep = tuple(cls._keep_in_fp32_modules or ()) if torch_dtype not in (None, torch.float32) else ()
 
         device_for = None
@@ -333,8 +372,9 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
                     name = name.rsplit(".", 1)[0]
 
         state = read_state_dict(files, device=device, dtype=torch_dtype, keep_fp32=keep, device_for=device_for)
+        placed = set(quantizer.load(model, state, device)) if quantizer is not None else set()  # pops what it takes
         result = model.load_state_dict(state, strict=False, assign=True)
-        missing = [k for k in result.missing_keys]
+        missing = [k for k in result.missing_keys if k not in placed]
         if missing:
             raise ValueError(
                 f"{cls.__name__}: the checkpoint ({', '.join(str(f) for f in files)}) lacks {len(missing)} "

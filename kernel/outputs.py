@@ -43,3 +43,11 @@ class BaseOutput(OrderedDict):
 
     def to_tuple(self) -> tuple:
         return tuple(self[k] for k in self.keys())
+
+
+def numpy_to_pil(images: Any) -> list:
+    """``[B,] H x W x C`` floats in ``[0, 1]`` as a list of PIL images (mode ``L`` for one channel)."""
+    from PIL import Image
+
+    as_bytes = ((images[None] if images.ndim == 3 else images) * 255).round().astype("uint8")
+    return [Image.fromarray(i[..., 0], mode="L") if i.shape[-1] == 1 else Image.fromarray(i) for i in as_bytes]

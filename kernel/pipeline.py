@@ -25,6 +25,7 @@ import torch
 from kernel.config import ConfigMixin, read_json
 from kernel.engine import Engine
 from kernel.hub import is_local, resolve_file, resolve_folder, split_hub_kwargs
+from kernel.modeling import plugin_method
 from kernel.protocols import kind_of
 from kernel.tasks import TaskMixin
 
@@ -125,11 +126,6 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
         """Every component by name (the objects themselves, not copies)."""
         return {name: getattr(self, name, None) for name in self._component_names()}
 
-    def _config_values(self) -> dict[str, Any]:
-        params = self._init_parameters()
-        components = set(self._component_names())
-        return {k: v for k, v in self.config.items() if not k.startswith("_") and k not in components and k in params}
-
     # ---------------------------------------------------------------- devices
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {k: v for k, v in self.components.items() if isinstance(v, torch.nn.Module)}
@@ -195,68 +191,20 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
         return self.__dict__.setdefault("_conditioning_hooks", [])
 
     # ---------------------------------------------------------------- memory switches
-    def _each_module_with(self, method: str):
-        for module in self._modules().values():
-            fn = getattr(module, method, None)
-            if callable(fn):
-                yield fn
-
-    def enable_attention_slicing(self, slice_size: int | str | None = "auto") -> None:
-        for fn in self._each_module_with("set_attention_slice"):
-            fn(slice_size)
-
-    def disable_attention_slicing(self) -> None:
-        self.enable_attention_slicing(None)
-
-    def enable_vae_slicing(self) -> None:
-        self.vae.enable_slicing()
-
-    def disable_vae_slicing(self) -> None:
-        self.vae.disable_slicing()
-
-    def enable_vae_tiling(self) -> None:
-        self.vae.enable_tiling()
-
-    def disable_vae_tiling(self) -> None:
-        self.vae.disable_tiling()
-
-    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
-        """Keep each model on the CPU until it runs, one at a time, through accelerate hooks."""
-        from accelerate import cpu_offload_with_hook
-
-        target = _offload_target(gpu_id, device)
-        self.disable_cuda_graphs()
-        self.remove_all_hooks()
-        self.to("cpu")
-        self._offload_device = target
-        order = [n for n in (self.model_cpu_offload_seq or "").split("->") if n]
-        modules = self._modules()
-        names = order + [n for n in modules if n not in order]
-        hook = None
-        self._offload_hooks = []
-        for name in names:
-            module = modules.get(name)
-            if module is None or name in self._exclude_from_cpu_offload:
-                continue
-            _, hook = cpu_offload_with_hook(module, target, prev_module_hook=hook)
-            self._offload_hooks.append(hook)
-        self._offload_kind = "model"
-
-    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
-        """Keep weights on the CPU and move each submodule's weights only while it runs (least memory)."""
-        from accelerate import cpu_offload
-
-        target = _offload_target(gpu_id, device)
-        self.disable_cuda_graphs()
-        self.remove_all_hooks()
-        self.to("cpu")
-        self._offload_device = target
-        for name, module in self._modules().items():
-            if name in self._exclude_from_cpu_offload:
-                module.to(target)
-                continue
-            cpu_offload(module, execution_device=target, offload_buffers=len(module._parameters) > 0)
-        self._offload_kind = "sequential"
+    # Diffusers' memory switches come from a plugin (kernel-memory, see docs/memory.md); the base keeps
+    # remove_all_hooks and maybe_free_model_hooks, which undo CPU offload.
+    enable_attention_slicing = plugin_method("enable_attention_slicing", "Attention in slices of heads")
+    disable_attention_slicing = plugin_method("disable_attention_slicing", "Attention in one piece again")
+    enable_vae_slicing = plugin_method("enable_vae_slicing", "Decode the batch one image at a time")
+    disable_vae_slicing = plugin_method("disable_vae_slicing", "Decode the batch at once again")
+    enable_vae_tiling = plugin_method("enable_vae_tiling", "Decode (and encode) in overlapping tiles")
+    disable_vae_tiling = plugin_method("disable_vae_tiling", "Decode in one piece again")
+    enable_model_cpu_offload = plugin_method("enable_model_cpu_offload", "One model at a time on the accelerator")
+    enable_sequential_cpu_offload = plugin_method("enable_sequential_cpu_offload", "One layer at a time (least memory)")
+    enable_layerwise_casting = plugin_method("enable_layerwise_casting", "fp8 weight storage for the denoiser")
+    enable_group_offload = plugin_method("enable_group_offload", "Group offloading for every model component")
+    enable_auto_memory = plugin_method("enable_auto_memory", "Pick the memory switches that fit a budget")
+    memory_plan = plugin_method("memory_plan", "The plan enable_auto_memory chose")
 
     def maybe_free_model_hooks(self) -> None:
         """After a call under model offload, put every model back on the CPU."""
@@ -318,9 +266,9 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
     # ---------------------------------------------------------------- images
     @staticmethod
     def numpy_to_pil(images: Any) -> list:
-        from kernel.image_processor import VaeImageProcessor
+        from kernel.outputs import numpy_to_pil
 
-        return VaeImageProcessor.numpy_to_pil(images)
+        return numpy_to_pil(images)
 
     # ---------------------------------------------------------------- saving
     def save_pretrained(
@@ -383,6 +331,13 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
         return new
 
     @classmethod
+    def from_single_file(cls, source: Any, **kwargs: Any) -> "DiffusionPipeline":
+        """A pipeline from one checkpoint file in its original layout (:func:`kernel.checkpoints.load_pipeline`)."""
+        from kernel.checkpoints import load_pipeline
+
+        return load_pipeline(cls, source, **kwargs)
+
+    @classmethod
     def load_model_index(cls, source: str | os.PathLike, **hub_kwargs: Any) -> dict:
         return read_json(resolve_file(source, cls.config_name, **hub_kwargs), what="model_index.json")
 
@@ -403,6 +358,7 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
                              "enable_model_cpu_offload() to fit a smaller GPU")
         use_safetensors = kwargs.pop("use_safetensors", None)
         trust_remote_code = kwargs.pop("trust_remote_code", False)
+        quantization = kwargs.pop("quantization_config", None)
         for ignored in ("low_cpu_mem_usage", "provider", "sess_options"):
             kwargs.pop(ignored, None)
 
@@ -423,6 +379,12 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
         else:
             folder = resolve_folder(source)
 
+        if quantization is not None:  # a PipelineQuantizationConfig: one config per component, checked up front
+            if not callable(getattr(quantization, "component_configs", None)):
+                raise TypeError(f"quantization_config must be a PipelineQuantizationConfig, not {quantization!r}")
+            quantization = quantization.component_configs({n: resolve_class(*(list(entries[n]) + [None, None])[:2],
+                component=n, trust_remote_code=trust_remote_code) for n in component_names if n in params
+                and n not in kwargs})
         loaded: dict[str, Any] = {}
         for name in component_names:
             if name not in params:
@@ -438,7 +400,7 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
                 continue
             dtype = torch_dtype.get(name, torch_dtype.get("default")) if isinstance(torch_dtype, dict) else torch_dtype
             loaded[name] = _load_component(component_cls, folder, name, library, dtype, variant, use_safetensors,
-                                           device_map)
+                                           device_map, (quantization or {}).get(name))
         # Config values from the index, then user values.
         for key, value in entries.items():
             if key in params and key not in loaded and key not in component_names:
@@ -483,16 +445,6 @@ def _is_component_entry(value: Any, param: inspect.Parameter | None) -> bool:
     return param is None or param.default is inspect.Parameter.empty or param.default is None
 
 
-def _offload_target(gpu_id: int | None, device: torch.device | str) -> torch.device:
-    device = torch.device(device)
-    if device.type != "cpu" and device.index is None:
-        device = torch.device(device.type, gpu_id or 0)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CPU offload needs an accelerator: torch.cuda.is_available() is False "
-                         "(pass device='cpu' only to test the hooks)")
-    return device
-
-
 def _check_override(name: str, value: Any, library: str | None, class_name: str | None, trust: bool) -> Any:
     if value is None:
         return None
@@ -518,7 +470,7 @@ def _check_override(name: str, value: Any, library: str | None, class_name: str 
 
 
 def _load_component(component_cls, folder: Path, name: str, library: str | None, dtype, variant, use_safetensors,
-                    device_map):
+                    device_map, quantization_config=None):
     sub = folder / name
     if not sub.is_dir():
         raise FileNotFoundError(f"model_index.json lists component {name!r} but {sub} does not exist")
@@ -536,6 +488,8 @@ def _load_component(component_cls, folder: Path, name: str, library: str | None,
             kwargs["use_safetensors"] = use_safetensors
         if device_map is not None:
             kwargs["device_map"] = device_map
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
     if library == TRANSFORMERS:
         if is_module and variant is not None and not any(sub.glob(f"*.{variant}.*")):
             kwargs.pop("variant")  # transformers falls back badly; the non-variant weights are the ones present

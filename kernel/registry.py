@@ -67,10 +67,6 @@ class Entry:
     dist: str
     version: str
 
-    @property
-    def attr_name(self) -> str:
-        return self.value.split(":", 1)[1].split(".")[-1] if ":" in self.value else self.value
-
 
 @dataclasses.dataclass
 class PluginInfo:

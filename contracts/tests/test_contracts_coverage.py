@@ -17,7 +17,14 @@ from kernel_contracts.engine import detect_kind
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Names that declare no component kind, with the reason.  They are not contract-tested.
-NOT_A_PROTOCOL: dict[str, str] = {}
+_SWITCH = "a memory switch: a function the kernel calls as a model/pipeline method (kernel.modeling.plugin_method)"
+NOT_A_PROTOCOL: dict[str, str] = {
+    "PipelineQuantizationConfig": "a table of per-component quantization configs read by a pipeline load",
+    **{name: _SWITCH for name in ("enable_attention_slicing", "disable_attention_slicing", "enable_vae_slicing",
+                                  "disable_vae_slicing", "enable_vae_tiling", "disable_vae_tiling",
+                                  "enable_model_cpu_offload", "enable_sequential_cpu_offload", "enable_layerwise_casting",
+                                  "enable_group_offload", "enable_auto_memory", "memory_plan", "dequantize")},
+}
 
 #: Registered today without a contract test; each plugin must add one (then remove it here).
 PENDING: set[str] = set()

@@ -7,13 +7,17 @@ import pytest
 import torch
 
 import kernel
-from kernel.registry import ComponentNotFoundError
+from kernel.registry import ComponentNotFoundError, Entry
+
+#: The offload switches come from kernel-memory (the real plugin, next to the fake one).
+OFFLOAD = [Entry(n, "kernel.components", f"kernel_memory.switches:{n}", "kernel-memory", "0.1.0")
+           for n in ("enable_model_cpu_offload", "enable_sequential_cpu_offload")]
 
 
 @pytest.fixture
 def saved(tmp_path, fake_plugin, use_registry, fake_entries):
     good, _ = fake_plugin
-    use_registry(fake_entries(good))
+    use_registry(fake_entries(good) + OFFLOAD)
     Pipe = kernel.component("TinyPipeline")
     torch.manual_seed(0)
     pipe = Pipe(model=kernel.component("TinyModel")(), scheduler=kernel.component("TinyScheduler")(), flavour="x")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from kernel.image_processor import VaeImageProcessor
+from kernel_autoencoders.image_processor import VaeImageProcessor
 from kernel_flux import FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline, pack_latents
 
 from kernel_controlnet.controlnet_flux import FluxControlNetModel, FluxMultiControlNetModel

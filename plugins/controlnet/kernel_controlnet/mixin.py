@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from kernel.guidance import check_scale
-from kernel.image_processor import VaeImageProcessor
+from kernel_autoencoders.image_processor import VaeImageProcessor
 from kernel.pipeline_utils import batch_size_of, spatial_size
 
 from kernel_controlnet.controlnet import ControlNetModel

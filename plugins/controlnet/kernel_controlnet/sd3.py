@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kernel.image_processor import VaeImageProcessor
+from kernel_autoencoders.image_processor import VaeImageProcessor
 from kernel.pipeline_utils import latents_of
 from kernel_sd3 import StableDiffusion3Pipeline
 

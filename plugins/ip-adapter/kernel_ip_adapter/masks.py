@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kernel.config import register_to_config
-from kernel.image_processor import VaeImageProcessor
+from kernel_autoencoders.image_processor import VaeImageProcessor
 
 
 def mask_grid(num_queries: int, aspect: float) -> tuple[int, int]:

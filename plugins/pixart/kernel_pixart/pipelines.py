@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kernel.engine import Conditioning
-from kernel.image_processor import VaeImageProcessor
+from kernel_autoencoders.image_processor import VaeImageProcessor
 from kernel.outputs import BaseOutput
 from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import check_output_type, check_prompts, check_size

@@ -11,7 +11,7 @@ import logging
 from types import SimpleNamespace
 import torch
 
-from kernel.image_processor import VaeImageProcessor
+from kernel_autoencoders.image_processor import VaeImageProcessor
 from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import check_size
 from kernel_clip import PromptOptions

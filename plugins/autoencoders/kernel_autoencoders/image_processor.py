@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import ImageFilter, ImageOps
 
 from kernel.config import ConfigMixin, register_to_config
+from kernel.outputs import numpy_to_pil
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Any]]
 
@@ -100,15 +101,7 @@ class VaeImageProcessor(ConfigMixin):
         return cls(vae_scale_factor=vae_scale_factor, **{**MASK_PROCESSOR_CONFIG, **overrides})
 
     # ------------------------------------------------------------------ conversions
-    @staticmethod
-    def numpy_to_pil(images: np.ndarray) -> list[PIL.Image.Image]:
-        """``[B,] H x W x C`` floats in ``[0, 1]`` -> a list of PIL images (mode ``L`` for one channel)."""
-        if images.ndim == 3:
-            images = images[None]
-        as_bytes = (images * 255).round().astype("uint8")
-        if as_bytes.shape[-1] == 1:
-            return [PIL.Image.fromarray(frame[..., 0], mode="L") for frame in as_bytes]
-        return [PIL.Image.fromarray(frame) for frame in as_bytes]
+    numpy_to_pil = staticmethod(numpy_to_pil)  # ``[B,] H x W x C`` in ``[0, 1]`` -> PIL images
 
     @staticmethod
     def pil_to_numpy(images: PIL.Image.Image | list[PIL.Image.Image]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""kernel.image_processor.VaeImageProcessor against Diffusers' VaeImageProcessor."""
+"""kernel_autoencoders.image_processor.VaeImageProcessor against Diffusers' VaeImageProcessor."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import torch
 
-from kernel.image_processor import MASK_PROCESSOR_CONFIG, VaeImageProcessor
+from kernel_autoencoders.image_processor import MASK_PROCESSOR_CONFIG, VaeImageProcessor
 
 diffusers_ip = pytest.importorskip("diffusers.image_processor")
 DVae = diffusers_ip.VaeImageProcessor
