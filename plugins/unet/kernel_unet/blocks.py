@@ -25,9 +25,11 @@ from kernel_layers.resnet import ResnetBlock2D
 from kernel_layers.sampling import Downsample2D, Upsample2D
 from kernel_layers.transformer_2d import Transformer2DModel
 
-DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D", "AttnDownBlock2D", "DownEncoderBlock2D")
-UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D", "AttnUpBlock2D", "UpDecoderBlock2D")
-MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D", None)
+from kernel_unet.simple_blocks import SIMPLE_DOWN_TYPES, SIMPLE_MID_TYPE, SIMPLE_UP_TYPES, get_simple_block
+
+DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D", "AttnDownBlock2D", "DownEncoderBlock2D", *SIMPLE_DOWN_TYPES)
+UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D", "AttnUpBlock2D", "UpDecoderBlock2D", *SIMPLE_UP_TYPES)
+MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D", SIMPLE_MID_TYPE, None)
 
 
 def _per_layer(value, num_layers: int) -> list:
@@ -376,9 +378,19 @@ def get_down_block(down_block_type: str, *, num_layers: int, in_channels: int, o
                    use_linear_projection: bool = False, only_cross_attention: bool = False,
                    upcast_attention: bool = False, resnet_time_scale_shift: str = "default",
                    attention_type: str = "default", attention_head_dim: int | None = None,
-                   downsample_type: str | None = None, dropout: float = 0.0, **_: Any) -> nn.Module:
+                   downsample_type: str | None = None, dropout: float = 0.0, resnet_skip_time_act: bool = False,
+                   resnet_out_scale_factor: float = 1.0, cross_attention_norm: str | None = None, **_: Any) -> nn.Module:
     """Build a down stage from its Diffusers class name."""
     name = down_block_type[7:] if down_block_type.startswith("UNetRes") else down_block_type
+    if name in SIMPLE_DOWN_TYPES:
+        return get_simple_block(name, up=False, num_layers=num_layers, in_channels=in_channels,
+                                out_channels=out_channels, temb_channels=temb_channels, resnet_eps=resnet_eps,
+                                resnet_act_fn=resnet_act_fn, resnet_groups=resnet_groups,
+                                resnet_time_scale_shift=resnet_time_scale_shift, dropout=dropout,
+                                cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
+                                only_cross_attention=only_cross_attention, add_resample=add_downsample,
+                                skip_time_act=resnet_skip_time_act, output_scale_factor=resnet_out_scale_factor,
+                                cross_attention_norm=cross_attention_norm)
     common = dict(num_layers=num_layers, in_channels=in_channels, out_channels=out_channels, dropout=dropout,
                   resnet_eps=resnet_eps, resnet_act_fn=resnet_act_fn, resnet_groups=resnet_groups,
                   resnet_time_scale_shift=resnet_time_scale_shift)
@@ -413,9 +425,20 @@ def get_up_block(up_block_type: str, *, num_layers: int, in_channels: int, out_c
                  use_linear_projection: bool = False, only_cross_attention: bool = False,
                  upcast_attention: bool = False, resnet_time_scale_shift: str = "default",
                  attention_type: str = "default", attention_head_dim: int | None = None,
-                 upsample_type: str | None = None, dropout: float = 0.0, **_: Any) -> nn.Module:
+                 upsample_type: str | None = None, dropout: float = 0.0, resnet_skip_time_act: bool = False,
+                 resnet_out_scale_factor: float = 1.0, cross_attention_norm: str | None = None, **_: Any) -> nn.Module:
     """Build an up stage from its Diffusers class name."""
     name = up_block_type[7:] if up_block_type.startswith("UNetRes") else up_block_type
+    if name in SIMPLE_UP_TYPES:
+        return get_simple_block(name, up=True, num_layers=num_layers, in_channels=in_channels,
+                                out_channels=out_channels, temb_channels=temb_channels, resnet_eps=resnet_eps,
+                                resnet_act_fn=resnet_act_fn, resnet_groups=resnet_groups,
+                                resnet_time_scale_shift=resnet_time_scale_shift, dropout=dropout,
+                                cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
+                                only_cross_attention=only_cross_attention, add_resample=add_upsample,
+                                prev_output_channel=prev_output_channel, resolution_idx=resolution_idx,
+                                skip_time_act=resnet_skip_time_act, output_scale_factor=resnet_out_scale_factor,
+                                cross_attention_norm=cross_attention_norm)
     common = dict(num_layers=num_layers, in_channels=in_channels, out_channels=out_channels,
                   resolution_idx=resolution_idx, dropout=dropout, resnet_eps=resnet_eps,
                   resnet_act_fn=resnet_act_fn, resnet_groups=resnet_groups,

@@ -35,6 +35,7 @@ from kernel_layers.embeddings import (
 from kernel_layers.transformer_2d import mask_to_bias
 
 from kernel_unet.blocks import MID_BLOCK_TYPES, UNetMidBlock2D, UNetMidBlock2DCrossAttn, get_down_block, get_up_block
+from kernel_unet.simple_blocks import UNetMidBlock2DSimpleCrossAttn
 
 
 @dataclass
@@ -235,7 +236,8 @@ class UNet2DConditionModel(ModelMixin, AttentionMixin):
         shared = dict(temb_channels=blocks_temb, resnet_eps=norm_eps, resnet_act_fn=act_fn, resnet_groups=norm_num_groups,
                       dual_cross_attention=dual_cross_attention, use_linear_projection=use_linear_projection,
                       upcast_attention=upcast_attention, resnet_time_scale_shift=resnet_time_scale_shift,
-                      attention_type=attention_type, dropout=dropout)
+                      attention_type=attention_type, dropout=dropout, resnet_skip_time_act=resnet_skip_time_act,
+                      resnet_out_scale_factor=resnet_out_scale_factor, cross_attention_norm=cross_attention_norm)
 
         output_channel = block_out_channels[0]
         for i, block_type in enumerate(down_block_types):
@@ -259,6 +261,13 @@ class UNet2DConditionModel(ModelMixin, AttentionMixin):
                 in_channels=block_out_channels[-1], temb_channels=blocks_temb, dropout=dropout, num_layers=0,
                 resnet_eps=norm_eps, resnet_act_fn=act_fn, output_scale_factor=mid_block_scale_factor,
                 resnet_groups=norm_num_groups, resnet_time_scale_shift=resnet_time_scale_shift, add_attention=False)
+        elif mid_block_type == "UNetMidBlock2DSimpleCrossAttn":
+            self.mid_block = UNetMidBlock2DSimpleCrossAttn(
+                in_channels=block_out_channels[-1], temb_channels=blocks_temb, dropout=dropout, resnet_eps=norm_eps,
+                resnet_act_fn=act_fn, output_scale_factor=mid_block_scale_factor, cross_attention_dim=cross_dims[-1],
+                attention_head_dim=heads[-1], resnet_groups=norm_num_groups,
+                resnet_time_scale_shift=resnet_time_scale_shift, skip_time_act=resnet_skip_time_act,
+                only_cross_attention=bool(mid_block_only_cross_attention), cross_attention_norm=cross_attention_norm)
         else:
             self.mid_block = None
 

@@ -134,7 +134,7 @@ def test_config_and_attributes():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"down_block_types": ("Nope2D", "DownBlock2D")}, "Nope2D"),
-    ({"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}, "mid_block_type"),
+    ({"mid_block_type": "UNetMidBlock2DBogus"}, "mid_block_type"),
     ({"num_attention_heads": 4}, "num_attention_heads"),
     ({"block_out_channels": (32,)}, "block_out_channels"),
     ({"addition_embed_type": "text_time"}, "addition_time_embed_dim"),
