@@ -99,9 +99,13 @@ def test_faceid_batch_of_prompts_and_several_faces_match_diffusers(tmp_path):
 def test_faceid_next_to_a_plain_adapter_and_reloading(tmp_path):
     d, o = ipf.pipelines(with_encoder=False)
     states = [ipf.random_ip_adapter(d.unet, "ip"), ipf.random_faceid(d.unet, seed=1)]
+    style = IPAdapter(ipf.random_faceid(d.unet, seed=2)).lora_state_dicts(o.unet)[0]  # a user's LoRA, loaded first
     for p in (d, o):
+        p.load_lora_weights(style, adapter_name="style")
         p.load_ip_adapter(states, subfolder=None, weight_name=[None, None], image_encoder_folder=None)
-    assert o.get_list_adapters() == d.get_list_adapters() == {"unet": ["faceid_1"]}
+    # Diffusers' set_adapters(["faceid_1"]) leaves the FaceID LoRA the only active one
+    assert o.get_list_adapters() == d.get_list_adapters() == {"unet": ["style", "faceid_1"]}
+    assert o.get_active_adapters() == d.get_active_adapters() == ["faceid_1"]
     image_embeds = torch.randn(2, 1, ipf.VISION["projection_dim"], generator=torch.Generator().manual_seed(5))
     call = dict(ip_adapter_image_embeds=[image_embeds, _with_negative(ipf.face())])
     ipf.assert_close(ipf.run(o, **call), ipf.run(d, **call), atol=1e-3)
@@ -110,7 +114,7 @@ def test_faceid_next_to_a_plain_adapter_and_reloading(tmp_path):
     # loading again keeps the LoRA adapter already there (Diffusers skips a loaded "faceid_<i>")
     for p in (d, o):
         p.load_ip_adapter(states, subfolder=None, weight_name=[None, None], image_encoder_folder=None)
-    assert o.get_list_adapters() == {"unet": ["faceid_1"]}
+    assert o.get_list_adapters() == {"unet": ["style", "faceid_1"]}
     ipf.assert_close(ipf.run(o, **call), ipf.run(d, **call), atol=1e-3)
 
 
