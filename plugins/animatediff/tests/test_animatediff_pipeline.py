@@ -156,6 +156,7 @@ def test_diffusers_folder_loads_here_and_ours_in_diffusers(tmp_path, ddim):
     back.set_progress_bar_config(disable=True)
     assert fx.max_diff(back(**BASE, generator=fx.gen(0)).frames, want) < ATOL
     assert kernel.load(str(tmp_path / "ours")).__class__ is AnimateDiffPipeline
+    assert kernel.load("animatediff", str(tmp_path / "theirs")).__class__ is AnimateDiffPipeline
 
 
 def test_registered_under_diffusers_names():

@@ -77,6 +77,16 @@ def test_array_and_tensor_videos(ddim):
     assert fx.max_diff(a, want) < ATOL and fx.max_diff(a, b) < 1e-6 and fx.max_diff(a, c) < 1e-5
 
 
+def test_from_pipe_shares_the_components_of_a_text_to_video_pipeline(ddim):
+    import kernel
+
+    text = kernel.component("AnimateDiffPipeline")(**fx.components()[1])
+    v2v = kernel.component(NAME).from_pipe(text)
+    assert v2v.unet is text.unet and v2v.motion_adapter is text.motion_adapter
+    v2v.set_progress_bar_config(disable=True)
+    assert v2v(video=fx.video(), **BASE, generator=fx.gen(0)).frames.shape == (1, fx.FRAMES, fx.SIZE, fx.SIZE, 3)
+
+
 def test_free_init_matches_diffusers(ddim):
     theirs, ours = ddim
     for pipe in (theirs, ours):
