@@ -1,5 +1,13 @@
-"""Kandinsky 2.2 for kernel (see docs/two-stage.md)."""
+"""Kandinsky 2.2 for kernel: MoVQ, the unCLIP prior and the decoder pipelines (see docs/two-stage.md)."""
 
+from kernel_kandinsky.decoder import KandinskyV22DecoderBase, KandinskyV22Pipeline
+from kernel_kandinsky.outputs import ImagePipelineOutput, KandinskyPriorPipelineOutput
+from kernel_kandinsky.prior import KandinskyV22PriorPipeline
+from kernel_kandinsky.prior_transformer import PriorTransformer, PriorTransformerOutput
 from kernel_kandinsky.vq_model import AttnDownEncoderBlock2D, AttnUpDecoderBlock2D, VectorQuantizer, VQEncoderOutput, VQModel
 
-__all__ = ["AttnDownEncoderBlock2D", "AttnUpDecoderBlock2D", "VectorQuantizer", "VQEncoderOutput", "VQModel"]
+__all__ = [
+    "AttnDownEncoderBlock2D", "AttnUpDecoderBlock2D", "ImagePipelineOutput", "KandinskyPriorPipelineOutput",
+    "KandinskyV22DecoderBase", "KandinskyV22Pipeline", "KandinskyV22PriorPipeline", "PriorTransformer",
+    "PriorTransformerOutput", "VectorQuantizer", "VQEncoderOutput", "VQModel",
+]

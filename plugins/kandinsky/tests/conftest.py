@@ -1,5 +1,10 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # kandinsky_fixtures (tests run with --import-mode=importlib)
 
 
 @pytest.fixture(autouse=True, scope="session")
