@@ -10,6 +10,9 @@ Sections (``--only`` takes their names):
   guidance, bf16, eager: step time, achieved TFLOP/s and its fraction of the card's bf16 peak;
 * ``flux``: Flux-dev-shaped transformer at full width and reduced depth (2 double + 4 single
   blocks), 1024x1024, bf16, eager;
+* ``memory``: the same Flux-shaped transformer resident in bf16, with fp8 layerwise casting, with
+  block-level group offload (weights on the CPU, streamed on a side stream) and as bitsandbytes nf4
+  (when bitsandbytes imports), ours against Diffusers doing the same: step time and peak memory;
 * ``compile``: the SDXL UNet under ``torch.compile(fullgraph=True)`` and under
   ``compile_repeated_blocks(fullgraph=True)`` (regional), each in a fresh process with an empty
   Inductor cache: cold compile time and compiled step time;
@@ -55,7 +58,7 @@ sys.path.insert(0, str(HERE))
 
 import _weights  # noqa: E402
 
-SECTIONS = ("unet", "flux", "pipelines", "load", "compile", "explain")
+SECTIONS = ("unet", "flux", "memory", "pipelines", "load", "compile", "explain")
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's data sheets; first match wins.
 PEAK_BF16 = (("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4), ("GH200", 989.4),
@@ -362,6 +365,85 @@ def section_flux(rep: Report, cfg: dict, device, dtype) -> None:
     rep.add(f"Flux-shaped 2+4 blocks {px}px {str(dtype)[6:]} eager", "ms", ms["ours"], ms.get("theirs"),
             "<= 0.95", note)
     rep.tflops("Flux-shaped eager achieved", forward_flops(mine, inputs), times["ours"], times.get("theirs"))
+
+
+def _peak_and_step(model, inputs: dict, device, cfg: dict) -> tuple[list[float], float | None]:
+    """Milliseconds per forward (rounds) and peak device memory in GiB over those calls (``None`` on the CPU)."""
+    with torch.inference_mode():
+        model(**inputs, return_dict=False)  # warm-up: hooks record their order, streams start
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = [time_calls(lambda: model(**inputs, return_dict=False), device, cfg["repeats"]) * 1e3
+                 for _ in range(cfg["rounds"])]
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return times, peak
+
+
+def section_memory(rep: Report, cfg: dict, device, dtype) -> None:
+    """Issue 16's rows: the Flux-shaped transformer with fp8 layerwise casting, block-level group offload
+    (weights on the CPU, streamed) and bitsandbytes nf4, ours against Diffusers doing the same; step time
+    and peak device memory.  GGUF rows need a .gguf writer on the machine (the `gguf` package): skipped."""
+    import tempfile as _tempfile
+
+    inputs = flux_inputs(cfg, device, dtype)
+    fp8 = getattr(torch, "float8_e4m3fn", None)
+    offload = dict(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
+                   num_blocks_per_group=1, use_stream=device.type == "cuda")
+
+    def pair(label: str, setup) -> None:
+        results = {}
+        for lib, cls in (("ours", ours("FluxTransformer2DModel")), ("theirs", theirs("FluxTransformer2DModel"))):
+            if cls is None:
+                continue
+            model = build(ours("FluxTransformer2DModel"), cfg["flux"], "cpu", dtype)
+            if lib == "theirs":
+                model = twin(cls, cfg["flux"], model, "cpu", dtype)
+            try:
+                model = setup(model, lib)
+                results[lib] = (*_peak_and_step(model, inputs, device, cfg), model(**inputs, return_dict=False)[0])
+            except Exception as exc:  # one library's failure keeps the other's row
+                rep.note(f"{label} {lib} failed: {type(exc).__name__}: {str(exc)[:200]}")
+            del model
+            free(device)
+        if "ours" not in results:
+            return
+        note = ""
+        if "theirs" in results:
+            note = f"max|ours-diffusers| {max_diff(results['ours'][2], results['theirs'][2]):.3g}"
+        theirs_row = results.get("theirs", (None, None))
+        rep.add(f"Flux-shaped {label} step", "ms", results["ours"][0], theirs_row[0], "<= 1.0", note)
+        if results["ours"][1] is not None:
+            rep.add(f"Flux-shaped {label} peak memory", "GiB", results["ours"][1], theirs_row[1], "<= 1.0")
+
+    pair("bf16 resident", lambda m, lib: m.to(device))
+    if fp8 is not None:
+        pair("fp8 layerwise casting", lambda m, lib: (m.to(device), m.enable_layerwise_casting(
+            storage_dtype=fp8, compute_dtype=dtype))[0])
+    pair("group offload block_level", lambda m, lib: (m.enable_group_offload(**offload), m)[1])
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # the GPU machine may lack it: carry its wheel in .whl/
+        rep.note(f"nf4 rows skipped: bitsandbytes not importable ({type(exc).__name__})")
+        return
+    if device.type != "cuda":
+        rep.note("nf4 rows skipped: a CUDA device is needed for a fair 4-bit step")
+        return
+
+    def nf4(model, lib):
+        with _tempfile.TemporaryDirectory(prefix="kbench-nf4-") as folder:
+            model.save_pretrained(folder)
+            if lib == "ours":
+                config = ours("BitsAndBytesConfig")(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                    bnb_4bit_compute_dtype=dtype)
+            else:
+                import diffusers
+
+                config = diffusers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_compute_dtype=dtype)
+            cls = type(model)
+            return cls.from_pretrained(folder, torch_dtype=dtype, quantization_config=config).to(device)
+
+    pair("bitsandbytes nf4", nf4)
 
 
 def section_explain(rep: Report, cfg: dict, device, dtype) -> None:
@@ -811,7 +893,7 @@ def main(argv=None) -> int:
     rep = Report(device, opts.budget_s, json_path)
     half = torch.float16 if device.type == "cuda" else torch.float32
     # Rough cost of each section on an H100 (seconds), to skip rather than overrun the budget.
-    cost = dict(unet=20, flux=15, compile=120, pipelines=105, load=0, explain=40) if not opts.tiny else {}
+    cost = dict(unet=20, flux=15, memory=40, compile=120, pipelines=105, load=0, explain=40) if not opts.tiny else {}
     with tempfile.TemporaryDirectory(prefix="kbench-tok-") as tok:
         _weights.write_tokenizer(Path(tok))
         for name in SECTIONS:
@@ -826,6 +908,8 @@ def main(argv=None) -> int:
                     section_unet(rep, cfg, device, dtype)
                 elif name == "flux":
                     section_flux(rep, cfg, device, dtype)
+                elif name == "memory":
+                    section_memory(rep, cfg, device, dtype)
                 elif name == "compile":
                     section_compile(rep, cfg, device, dtype, opts)
                 elif name == "pipelines":
