@@ -1,6 +1,12 @@
 """Kandinsky 2.2 for kernel: MoVQ, the unCLIP prior and the decoder pipelines (see docs/two-stage.md)."""
 
-from kernel_kandinsky.decoder import KandinskyV22DecoderBase, KandinskyV22Pipeline
+from kernel_kandinsky.decoder import (
+    KandinskyV22ControlnetPipeline,
+    KandinskyV22DecoderBase,
+    KandinskyV22Img2ImgPipeline,
+    KandinskyV22InpaintPipeline,
+    KandinskyV22Pipeline,
+)
 from kernel_kandinsky.outputs import ImagePipelineOutput, KandinskyPriorPipelineOutput
 from kernel_kandinsky.prior import KandinskyV22PriorPipeline
 from kernel_kandinsky.prior_transformer import PriorTransformer, PriorTransformerOutput
@@ -8,6 +14,7 @@ from kernel_kandinsky.vq_model import AttnDownEncoderBlock2D, AttnUpDecoderBlock
 
 __all__ = [
     "AttnDownEncoderBlock2D", "AttnUpDecoderBlock2D", "ImagePipelineOutput", "KandinskyPriorPipelineOutput",
-    "KandinskyV22DecoderBase", "KandinskyV22Pipeline", "KandinskyV22PriorPipeline", "PriorTransformer",
+    "KandinskyV22ControlnetPipeline", "KandinskyV22DecoderBase", "KandinskyV22Img2ImgPipeline",
+    "KandinskyV22InpaintPipeline", "KandinskyV22Pipeline", "KandinskyV22PriorPipeline", "PriorTransformer",
     "PriorTransformerOutput", "VectorQuantizer", "VQEncoderOutput", "VQModel",
 ]

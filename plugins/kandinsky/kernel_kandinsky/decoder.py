@@ -18,14 +18,17 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, Callable
 
+import PIL.Image
 import torch
+import torch.nn.functional as F
 
-from kernel.engine import Conditioning
+from kernel.engine import Conditioning, ExtraChannels
 from kernel.pipeline import DiffusionPipeline
-from kernel.pipeline_utils import check_size
+from kernel.pipeline_utils import check_size, repeat_to_batch
 from kernel_autoencoders.image_processor import VaeImageProcessor
 
 from kernel_kandinsky.guidance import VarianceSplitGuidance, learns_variance
+from kernel_kandinsky.masks import prepare_image_and_keep_mask, resize_pil, shrink_keep_mask
 from kernel_kandinsky.outputs import ImagePipelineOutput
 
 
@@ -93,10 +96,12 @@ class KandinskyV22DecoderBase(DiffusionPipeline):
         if negative is not None and negative.shape != call.image_embeds.shape:
             raise ValueError(f"negative_image_embeds {tuple(negative.shape)} must have the shape of image_embeds "
                              f"{tuple(call.image_embeds.shape)}")
-        factor = self.movq_scale_factor ** 2
-        check_size(call.height, call.width, factor,
-                   f"Kandinsky's latent grid: the MoVQ factor {self.movq_scale_factor}, squared")
+        self._check_size(call)
         call.prompt, call.prompt_embeds = None, call.image_embeds  # the batch is the embeddings'
+
+    def _check_size(self, call: SimpleNamespace) -> None:
+        f = self.movq_scale_factor
+        check_size(call.height, call.width, f * f, f"Kandinsky's latent grid: the MoVQ factor {f}, squared")
 
     # ---------------------------------------------------------------- engine hooks
     def _encode(self, call: SimpleNamespace, negative: bool) -> Conditioning:
@@ -166,3 +171,202 @@ class KandinskyV22Pipeline(KandinskyV22DecoderBase):
         **kwargs: Any,
     ):
         return self._generate(locals())
+
+
+class KandinskyV22Img2ImgPipeline(KandinskyV22DecoderBase):
+    """Image-to-image: the image's MoVQ latents noised to ``strength`` (SDEdit), then decoded as above.
+
+    ``height`` and ``width`` are the size the image is resized to (Diffusers 0.42 passes them to the
+    resize swapped, which only matters for non-square sizes; here they mean what they say).
+    """
+
+    _task = "image2image"
+    _raw_pt_output = False
+
+    def _prepare(self, call: SimpleNamespace) -> None:
+        super()._prepare(call)
+        images = call.image if isinstance(call.image, list) else [call.image]
+        if not images or not all(isinstance(i, (PIL.Image.Image, torch.Tensor)) for i in images):
+            raise ValueError(f"image must be a PIL image, a tensor or a list of them, got "
+                             f"{[type(i).__name__ for i in images] or 'an empty list'}")
+
+    def _preprocess_image(self, call: SimpleNamespace, **kwargs: Any) -> torch.Tensor:
+        images = call.image if isinstance(call.image, list) else [call.image]
+        return torch.cat([self.image_processor.preprocess(i, height=call.height, width=call.width) for i in images])
+
+    def _image_latents(self, call: SimpleNamespace, pixels: torch.Tensor, *, per_generator: bool) -> torch.Tensor:
+        x = pixels.to(device=call.device, dtype=call.dtype)
+        if x.shape[1] != self.movq.config.latent_channels:
+            x = self.movq.encode(x.to(self.movq.dtype)).latents.to(call.dtype)  # MoVQ latents are used unscaled
+        x = x.repeat_interleave(call.num_images_per_prompt, dim=0)
+        if x.shape[0] not in (call.num_images_per_prompt, call.batch):
+            raise ValueError(f"got {x.shape[0] // call.num_images_per_prompt} images for "
+                             f"{call.batch // call.num_images_per_prompt} image_embeds; pass one image or one per "
+                             "embedding")
+        return x.repeat(call.batch // x.shape[0], 1, 1, 1).contiguous()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image_embeds: torch.Tensor | list[torch.Tensor],
+        image: torch.Tensor | PIL.Image.Image | list,
+        negative_image_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        strength: float = 0.3,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str | None = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006
+        **kwargs: Any,
+    ):
+        return self._generate(locals())
+
+
+class KandinskyV22InpaintPipeline(KandinskyV22DecoderBase):
+    """Inpainting with a 9-channel UNet: ``[latents, masked image latents, keep mask]`` in, and the known
+    region (the image's latents, noised to the next step) pasted back after every step and at the end.
+
+    White in ``mask_image`` is repainted.  The keep mask is shrunk by one latent cell around the
+    repainted region (:func:`kernel_kandinsky.masks.shrink_keep_mask`).
+    """
+
+    _task = "inpainting"
+    _callback_tensor_inputs = ["latents", "image_embeds", "negative_image_embeds", "masked_image", "mask_image"]
+
+    def _prepare(self, call: SimpleNamespace) -> None:
+        super()._prepare(call)
+        call.strength, call.padding_mask_crop, call.masked_image_latents = 1.0, None, None
+        # PIL inputs are resized to height x width (so an image and a mask of different sizes are fine).
+        call.image = resize_pil(call.image, call.height, call.width, PIL.Image.BICUBIC, reducing_gap=1)
+        call.mask_image = resize_pil(call.mask_image, call.height, call.width, PIL.Image.LANCZOS)
+
+    def _latent_channels(self) -> int:
+        return self.movq.config.latent_channels
+
+    def _inpainting(self, call: SimpleNamespace, cond: Conditioning, timesteps: torch.Tensor):
+        pixels, keep = prepare_image_and_keep_mask(call.image, call.mask_image, call.height, call.width)
+        image_latents = self.movq.encode(pixels.to(device=call.device, dtype=self.movq.dtype)).latents.to(call.dtype)
+        keep = F.interpolate(keep.to(device=call.device, dtype=call.dtype), image_latents.shape[-2:], mode="nearest")
+        keep = shrink_keep_mask(keep)
+        n = call.num_images_per_prompt
+        per_image = {"masked_image": image_latents * keep, "mask_image": keep}
+        for name, value in per_image.items():
+            cond.shared[name] = repeat_to_batch(value.repeat_interleave(n, dim=0), call.batch, "images")
+        shape = self._latent_shape(call)
+        if image_latents.shape[-2:] != shape[-2:]:
+            raise ValueError(f"image and mask_image give a {tuple(image_latents.shape[-2:])} latent grid but height x "
+                             f"width ask for {tuple(shape[-2:])}; pass tensors of size height x width")
+        latents = self._noise(call, shape) if call.latents is None else self._given_latents(call, shape)
+        latents = latents * self.scheduler.init_noise_sigma
+        noise, scheduler = latents.clone(), self.scheduler
+        call.image_latents, call.cond = image_latents, cond
+
+        def paste_known(i: int, current: torch.Tensor) -> torch.Tensor:
+            keep_first, known = cond.shared["mask_image"][:1], image_latents[:1]
+            if i < len(timesteps) - 1:
+                known = scheduler.add_noise(known, noise, timesteps[i + 1:i + 2])
+            return keep_first * known + (1 - keep_first) * current
+
+        return latents, paste_known, (ExtraChannels("masked_image", "mask_image"),)
+
+    def _decode(self, latents: torch.Tensor, call: SimpleNamespace):
+        keep = call.cond.shared["mask_image"][:1]
+        latents = keep * call.image_latents[:1] + (1 - keep) * latents
+        return super()._decode(latents, call)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image_embeds: torch.Tensor | list[torch.Tensor],
+        image: torch.Tensor | PIL.Image.Image,
+        mask_image: torch.Tensor | PIL.Image.Image | Any,
+        negative_image_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006
+        **kwargs: Any,
+    ):
+        return self._generate(locals())
+
+
+class KandinskyV22ControlnetPipeline(KandinskyV22DecoderBase):
+    """Text-to-image decoding steered by a ``hint`` image (e.g. a depth map) that the UNet encodes itself
+    (``addition_embed_type="image_hint"``: the hint's features are concatenated to the latents)."""
+
+    #: The UNet's hint encoder downsamples by 8 (three stride-2 convolutions).
+    HINT_FACTOR = 8
+
+    def _prepare(self, call: SimpleNamespace) -> None:
+        super()._prepare(call)
+        if call.output_type == "latent":
+            raise ValueError("output_type='latent' is not supported by KandinskyV22ControlnetPipeline; use 'pil', "
+                             "'np' or 'pt'")
+        hint = _as_hint(call.hint)
+        f = self.movq_scale_factor
+        wanted = (call.height // f * self.HINT_FACTOR, call.width // f * self.HINT_FACTOR)
+        if tuple(hint.shape[-2:]) != wanted:
+            raise ValueError(f"hint is {hint.shape[-2]}x{hint.shape[-1]} but this decoder takes a hint of "
+                             f"{wanted[0]}x{wanted[1]} for height={call.height}, width={call.width}")
+        if hint.shape[0] != call.image_embeds.shape[0]:
+            raise ValueError(f"hint has {hint.shape[0]} images for {call.image_embeds.shape[0]} image_embeds; "
+                             "give one hint per embedding")
+        call.hint = hint
+
+    def _latent_channels(self) -> int:
+        return self.movq.config.latent_channels
+
+    def _encode(self, call: SimpleNamespace, negative: bool) -> Conditioning:
+        cond = super()._encode(call, negative)
+        # The hint is the same for both passes; riding the conditioning batches it like Diffusers' [hint; hint].
+        hint = call.hint.repeat_interleave(call.num_images_per_prompt, dim=0).to(device=call.device,
+                                                                                  dtype=self.unet.dtype)
+        for side in (cond.positive, cond.negative):
+            if side is not None:
+                side["hint"] = hint
+        return cond
+
+    def _added_cond(self, cond: dict, **kwargs) -> dict:
+        return {"image_embeds": cond["image_embeds"], "hint": cond["hint"]}
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image_embeds: torch.Tensor | list[torch.Tensor],
+        negative_image_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        hint: torch.Tensor | None = None,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        callback: Callable | None = None,
+        callback_steps: int = 1,
+        return_dict: bool = True,
+    ):
+        return self._generate(locals())
+
+
+def _as_hint(hint: Any) -> torch.Tensor:
+    if isinstance(hint, (list, tuple)) and hint and all(isinstance(h, torch.Tensor) for h in hint):
+        hint = torch.cat(list(hint), dim=0)
+    if not isinstance(hint, torch.Tensor):
+        raise TypeError(f"hint must be a torch.Tensor (B, 3, H, W) or a list of them, got {type(hint).__name__}")
+    if hint.ndim != 4:
+        raise ValueError(f"hint must be 4-D (batch, channels, height, width), got shape {tuple(hint.shape)}")
+    return hint
