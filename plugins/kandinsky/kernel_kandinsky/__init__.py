@@ -1,5 +1,10 @@
 """Kandinsky 2.2 for kernel: MoVQ, the unCLIP prior and the decoder pipelines (see docs/two-stage.md)."""
 
+from kernel_kandinsky.combined import (
+    KandinskyV22CombinedPipeline,
+    KandinskyV22Img2ImgCombinedPipeline,
+    KandinskyV22InpaintCombinedPipeline,
+)
 from kernel_kandinsky.decoder import (
     KandinskyV22ControlnetPipeline,
     KandinskyV22DecoderBase,
@@ -14,6 +19,7 @@ from kernel_kandinsky.vq_model import AttnDownEncoderBlock2D, AttnUpDecoderBlock
 
 __all__ = [
     "AttnDownEncoderBlock2D", "AttnUpDecoderBlock2D", "ImagePipelineOutput", "KandinskyPriorPipelineOutput",
+    "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline", "KandinskyV22InpaintCombinedPipeline",
     "KandinskyV22ControlnetPipeline", "KandinskyV22DecoderBase", "KandinskyV22Img2ImgPipeline",
     "KandinskyV22InpaintPipeline", "KandinskyV22Pipeline", "KandinskyV22PriorPipeline", "PriorTransformer",
     "PriorTransformerOutput", "VectorQuantizer", "VQEncoderOutput", "VQModel",

@@ -153,3 +153,23 @@ def max_diff(a, b) -> float:
     a, b = (torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x for x in (a, b))
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a.float() - b.float()).abs().max().item()
+
+
+def combined_pipes(name: str = "KandinskyV22CombinedPipeline", unet_over=None):
+    """Diffusers' combined pipeline and ours over the same weights (prior + decoder)."""
+    import kernel
+
+    p_ref, p_ours = prior()
+    u_ref, u_ours = unet(**(unet_over or {}))
+    m_ref, m_ours = movq()
+    s_ref, s_ours = scheduler_pair("DDIMScheduler", **DDIM)
+    ps_ref, ps_ours = scheduler_pair("UnCLIPScheduler", **UNCLIP)
+    shared = dict(prior_image_encoder=image_encoder(), prior_text_encoder=text_encoder(), prior_tokenizer=tokenizer(),
+                  prior_image_processor=image_processor())
+    ref = getattr(diffusers, name)(unet=u_ref, scheduler=s_ref, movq=m_ref, prior_prior=p_ref,
+                                   prior_scheduler=ps_ref, **shared)
+    ours = kernel.component(name)(unet=u_ours, scheduler=s_ours, movq=m_ours, prior_prior=p_ours,
+                                  prior_scheduler=ps_ours, **shared)
+    for pipe in (ref, ours):
+        pipe.set_progress_bar_config(disable=True)
+    return ref, ours
