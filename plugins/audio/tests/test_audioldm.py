@@ -181,6 +181,7 @@ def test_diffusers_folder_loads_here_and_ours_loads_in_diffusers(pipes, tmp_path
     (dict(prompt=[fx.PROMPT] * 2, negative_prompt=["a"] * 3), "3 entries for 2 prompts"),
     (dict(prompt=None, prompt_embeds=torch.zeros(1, 4, 32)), r"\(batch, projection_dim\)"),
     (dict(generator=[torch.Generator()] * 3), "generator"),
+    (dict(latents=torch.zeros(1, 4, 16, 4)), r"latents must have shape \(1, 4, 32, 4\)"),
 ])
 def test_bad_call_arguments(pipes, kwargs, match):
     args = {"prompt": fx.PROMPT, **FAST, **kwargs}
