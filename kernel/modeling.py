@@ -101,7 +101,7 @@ def read_state_dict(
     return out
 
 
-def plugin_method(name: str, doc: str):
+def plugin_method(name: str, doc: str, package: str = "kernel-memory"):
     """A method whose work a plugin registers under ``name``: a function ``fn(self, *args, **kwargs)``."""
 
     def method(self, *args: Any, **kwargs: Any) -> Any:
@@ -109,7 +109,7 @@ def plugin_method(name: str, doc: str):
 
         if not get_registry().has(name):
             raise ComponentNotFoundError(f"{type(self).__name__}.{name} comes from a plugin, and none installed "
-                                         f"provides {name!r} (pip install kernel-memory)")
+                                         f"provides {name!r} (pip install {package})")
         return get_registry().resolve(name)(self, *args, **kwargs)
 
     method.__name__, method.__qualname__, method.__doc__ = name, name, f"{doc} (plugin function ``{name}``)."

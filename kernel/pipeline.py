@@ -205,6 +205,8 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
     enable_group_offload = plugin_method("enable_group_offload", "Group offloading for every model component")
     enable_auto_memory = plugin_method("enable_auto_memory", "Pick the memory switches that fit a budget")
     memory_plan = plugin_method("memory_plan", "The plan enable_auto_memory chose")
+    hf_device_map: dict | None = None  # set by device_map="balanced"
+    reset_device_map = plugin_method("reset_device_map", "Undo device_map='balanced'", "kernel-distributed")
 
     def maybe_free_model_hooks(self) -> None:
         """After a call under model offload, put every model back on the CPU."""
@@ -352,10 +354,15 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
         if device_map is not None and not isinstance(device_map, (str, torch.device)):
             raise TypeError(f"device_map for a pipeline must be a device such as 'cuda' or 'cpu', got "
                             f"{type(device_map).__name__}")
+        place = None  # device_map="balanced": whole components spread over the GPUs (kernel-distributed)
         if str(device_map) in ("balanced", "auto"):
-            raise ValueError(f"device_map={device_map!r} (spreading a pipeline's components over several "
-                             "devices) is not supported yet; pass a single device such as 'cuda', or call "
-                             "enable_model_cpu_offload() to fit a smaller GPU")
+            from kernel.registry import get_registry
+
+            if not get_registry().has("balanced_device_map"):
+                raise ValueError(f"device_map={device_map!r} needs the kernel-distributed plugin (pip install "
+                                 "kernel-distributed); or pass a single device such as 'cuda'")
+            place = get_registry().resolve("balanced_device_map")(str(device_map), kwargs.pop("max_memory", None))
+            device_map = None
         use_safetensors = kwargs.pop("use_safetensors", None)
         trust_remote_code = kwargs.pop("trust_remote_code", False)
         quantization = kwargs.pop("quantization_config", None)
@@ -416,7 +423,7 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
         pipe = pipeline_cls(**loaded)
         if device_map is not None:
             pipe.to(device_map)
-        return pipe
+        return place(pipe) if place is not None else pipe
 
     @classmethod
     def _pipeline_class_for(cls, index: dict) -> type:

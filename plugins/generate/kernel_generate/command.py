@@ -18,6 +18,11 @@ use seeds ``seed, seed + 1, ...`` (as the webui does) and are generated one at a
 
 ``--control KIND:PATH --controlnet NET`` steers the picture with a ControlNet (see
 :mod:`kernel_generate.control`); the control and the net are recorded in the PNG too.
+
+``--batch-file prompts.txt --out DIR`` makes one picture per non-empty line, ``DIR/0000.png``,
+``DIR/0001.png``, ..., prompt ``i`` with seed ``--seed + i``.  Started by ``torchrun`` or
+``accelerate launch`` with several processes, the prompts are shared out between them
+(``kernel-distributed``): each picture is written once, identical to a single-process run.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
 from pathlib import Path
@@ -190,6 +196,9 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
                    help="ControlNet folder or Hub id (needs kernel-controlnet); the model's ControlNet pipeline is used")
     p.add_argument("--control-scale", dest="control_scale", type=float, default=None,
                    help="controlnet_conditioning_scale (default: the pipeline's, 1.0)")
+    p.add_argument("--batch-file", dest="batch_file", default=None, metavar="FILE",
+                   help="one prompt per line; writes --out DIR/0000.png, ... (prompt i with seed --seed + i); "
+                        "shared out between processes under torchrun / accelerate launch")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_generate, _parser=p)
     return p
@@ -297,11 +306,52 @@ def render(pipe, prompt: str, negative: str | None, *, steps: int, guidance: flo
                     height=height, width=width, generator=generator, **call_kwargs).images[0]
 
 
+def read_batch_file(path: str) -> list[str]:
+    """The prompts of ``--batch-file``: one per line, blank lines skipped."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--batch-file {path!r}: no such file")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--batch-file {path!r}: cannot be read as UTF-8 text ({err})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"--batch-file {path!r} has no prompts (one prompt per line)")
+    return prompts
+
+
+def _batch_jobs(args: argparse.Namespace) -> tuple[list[tuple[int, str]], int | None, str | None]:
+    """``(this process's (index, prompt) pairs, seed, device)`` for ``--batch-file``."""
+    for flag, value in (("a prompt argument", args.prompt), ("--from", args.from_png), ("--batch", args.batch),
+                        ("--control", args.control)):
+        if value is not None:
+            raise ValueError(f"--batch-file takes its prompts from the file; it cannot be combined with {flag}")
+    if args.out is None or args.out.lower().endswith(".png"):
+        raise ValueError(f"--batch-file needs --out DIR, a folder for 0000.png, 0001.png, ...; got {args.out!r}")
+    prompts = read_batch_file(args.batch_file)
+    seed = None if args.seed is None or args.seed < 0 else args.seed
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):  # torchrun / accelerate launch
+        try:
+            from kernel_distributed import process_device, shared_seed, split_prompts
+        except ImportError:
+            raise ValueError("--batch-file under torchrun / accelerate launch needs kernel-distributed "
+                             "(pip install kernel-distributed)") from None
+        device = args.device or str(process_device())
+        return split_prompts(prompts), shared_seed(seed), device
+    return list(enumerate(prompts)), seed, args.device
+
+
 def run_generate(args: argparse.Namespace) -> int:
     given = {k for k, v in vars(args).items() if v is not None and k not in ("func", "_parser", "from_png")}
+    jobs = None
+    if args.batch_file is not None:
+        jobs, args.seed, args.device = _batch_jobs(args)
+        if not jobs:  # more processes than prompts: nothing for this one
+            return 0
     if args.from_png:
         apply_infotext(args, given)
-    if not args.prompt:
+    if jobs is None and not args.prompt:
         raise ValueError("a prompt is needed: kernel generate \"a red circle at the top left on a white background\"")
     steps = DEFAULT_STEPS if args.steps is None else args.steps
     guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
@@ -341,17 +391,23 @@ def run_generate(args: argparse.Namespace) -> int:
         call = control.control_call(pipe, control.control_image(args.control, width, height), args.control_scale)
     pipe.set_progress_bar_config(disable=args.no_progress)
 
-    paths, grid_path = _out_paths(args.out, batch)
+    if jobs is not None:
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        work = [(folder / f"{i:04d}.png", prompt, seed + i) for i, prompt in jobs]
+        grid_path = None
+    else:
+        paths, grid_path = _out_paths(args.out, batch)
+        work = [(path, args.prompt, seed + i) for i, path in enumerate(paths)]
     images = []
-    for i, path in enumerate(paths):
-        image_seed = seed + i
-        image = render(pipe, args.prompt, args.negative, steps=steps, guidance=guidance, seed=image_seed,
+    for path, prompt, image_seed in work:
+        image = render(pipe, prompt, args.negative, steps=steps, guidance=guidance, seed=image_seed,
                        width=width, height=height, **call)
         params = infotext_params(steps=steps, sampler=sampler_name, guidance=guidance, seed=image_seed,
                                  width=width, height=height, model=model_name, dtype=dtype_name,
                                  control=args.control, controlnet=args.controlnet, control_scale=args.control_scale)
         info = PngInfo()
-        info.add_text("parameters", format_infotext(args.prompt, args.negative or "", params))
+        info.add_text("parameters", format_infotext(prompt, args.negative or "", params))
         image.save(path, pnginfo=info)
         images.append((image, info))
         print(path)

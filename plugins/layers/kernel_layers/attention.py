@@ -36,6 +36,7 @@ from kernel_layers.attention_dispatch import (  # noqa: F401 - re-exported: the 
     get_attention_backend,
     set_attention_backend,
 )
+from kernel.modeling import plugin_method
 from kernel_layers.normalization import FP32LayerNorm, LpNorm, RMSNorm, SpatialNorm
 
 
@@ -133,6 +134,10 @@ class Attention(nn.Module):
     ``hidden_states`` is ``(B, L, query_dim)`` or a ``(B, query_dim, H, W)`` feature map;
     ``encoder_hidden_states`` (``(B, S, cross_attention_dim)``) turns it into cross-attention.
     """
+
+    #: Set by ``model.enable_parallelism`` (kernel-distributed) when this layer's tokens are split across
+    #: processes: ``context_parallel(attn, q, k, v, mask, backend=, slice_size=)`` replaces the local kernel.
+    context_parallel: Any = None
 
     def __init__(
         self,
@@ -319,6 +324,9 @@ class Attention(nn.Module):
         if key.shape[1] != query.shape[1]:  # grouped-query attention: share each key/value head
             repeat = query.shape[1] // key.shape[1]
             key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
+        if self.context_parallel is not None:  # the sequence is split across processes (kernel-distributed)
+            return self.context_parallel(self, query, key, value, attention_mask, backend=backend,
+                                         slice_size=slice_size).to(query.dtype)
         mask = self._mask_4d(attention_mask, query.shape[0], key.shape[2])
         out = dispatch_attention(
             query, key, value, mask, scale=None if self.scale_qk else self.scale, backend=backend,
@@ -503,6 +511,9 @@ class AttentionMixin:
 
     def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
         self.set_attn_processor(XFormersAttnProcessor(attention_op))
+
+    enable_parallelism = plugin_method("enable_parallelism", "Split the token sequence across processes "
+                                       "(config=ContextParallelConfig(...))", "kernel-distributed")
 
     def disable_xformers_memory_efficient_attention(self) -> None:
         self.set_default_attn_processor()
