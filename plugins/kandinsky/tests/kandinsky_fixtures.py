@@ -129,7 +129,7 @@ def prior_pipes(**scheduler_over):
 def decoder_pipes(name: str = "KandinskyV22Pipeline", scheduler: str = "DDIMScheduler", unet_over=None, **sched_over):
     import kernel
 
-    u_ref, u_ours = unet(**(unet_over or {}))
+    u_ref, u_ours = unet(**dict(unet_over or {}))
     m_ref, m_ours = movq()
     config = {**(DDIM if scheduler == "DDIMScheduler" else {}), **sched_over}
     s_ref, s_ours = scheduler_pair(scheduler, **config)
@@ -160,7 +160,7 @@ def combined_pipes(name: str = "KandinskyV22CombinedPipeline", unet_over=None):
     import kernel
 
     p_ref, p_ours = prior()
-    u_ref, u_ours = unet(**(unet_over or {}))
+    u_ref, u_ours = unet(**dict(unet_over or {}))
     m_ref, m_ours = movq()
     s_ref, s_ours = scheduler_pair("DDIMScheduler", **DDIM)
     ps_ref, ps_ours = scheduler_pair("UnCLIPScheduler", **UNCLIP)
