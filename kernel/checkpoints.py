@@ -24,10 +24,12 @@ LOADER_KWARGS = {*HUB_KWARGS, "variant", "device_map", "use_safetensors", "trust
 
 class Checkpoint(Mapping):
     """A checkpoint's tensors by key, each read on access: safetensors memory-mapped, any other file only
-    through ``torch.load(weights_only=True)`` (plain, or nested under ``state_dict``). ``shapes`` reads no data."""
+    through ``torch.load(weights_only=True)`` (plain, or nested under ``state_dict``), or a format a plugin reads
+    (``kernel_open_checkpoint``: GGUF). ``shapes`` reads no data; ``quantization_config`` is the format's default."""
 
     def __init__(self, source: str | os.PathLike | Mapping, name: str | None = None) -> None:
         self._file, self.name = None, name or (str(source) if not isinstance(source, Mapping) else "a state dict")
+        self.quantization_config, opened = None, None
         if isinstance(source, Mapping):
             self._tensors = source
         elif not Path(source).is_file():
@@ -41,6 +43,8 @@ class Checkpoint(Mapping):
                 self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._tensors}
             except Exception as err:  # noqa: BLE001 - safetensors raises several kinds
                 raise ValueError(f"could not read {source}: it is corrupt or truncated ({err})") from None
+        elif (opened := get_registry().hook.kernel_open_checkpoint(path=Path(source))) is not None:
+            self._tensors, self.shapes, self.quantization_config = opened
         else:
             try:
                 sd = torch.load(str(source), map_location="cpu", weights_only=True, mmap=True)
@@ -50,7 +54,7 @@ class Checkpoint(Mapping):
             while isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
                 sd = sd["state_dict"]
             self._tensors = _tensors_of(sd)
-        if self._file is None:
+        if self._file is None and opened is None:
             self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
 
     def __getitem__(self, key: str) -> torch.Tensor:
@@ -146,14 +150,29 @@ def _convert(family: str, name: str, checkpoint: Checkpoint, model: torch.nn.Mod
     return None if state is None else Checkpoint(state, name=f"{checkpoint} ({name} of a {family} checkpoint)")
 
 
-def build(model: torch.nn.Module, folder: Path, state: Checkpoint, torch_dtype: torch.dtype | None = None):
+def quantizer(checkpoint: Checkpoint, given: Any = None) -> Any:
+    """The quantizer of a model loaded from ``checkpoint``: ``given``'s (a quantizer plugin's config), or that
+    of the config the file's format loads with (GGUF's); ``None`` for plain tensors."""
+    from kernel.modeling import quantizer_for
+
+    default = checkpoint.quantization_config
+    if default is not None and given is not None and getattr(given, "quant_method", None) != default.quant_method:
+        raise TypeError(f"{checkpoint} holds {default.quant_method} tensors: quantization_config must be a "
+                        f"{type(default).__name__}, got {type(given).__name__}")
+    return quantizer_for(None, default if given is None else given)
+
+
+def build(model: torch.nn.Module, folder: Path, state: Checkpoint, torch_dtype: torch.dtype | None = None,
+          quantizer: Any = None):
     """``model`` (from :func:`empty`) given the converted weights ``state``, in eval mode."""
     from kernel.modeling import read_state_dict
 
     cls = type(model)
     if hasattr(cls, "_from_config_and_files"):
         return cls._from_config_and_files(read_json(folder / cls.config_name), [state], torch_dtype=torch_dtype,
-                                          model=model)
+                                          model=model, quantizer=quantizer)
+    if quantizer is not None:
+        raise ValueError(f"{cls.__name__} (a transformers model) does not load quantized from a single file")
     missing = model.load_state_dict(read_state_dict([state], dtype=torch_dtype), strict=False, assign=True).missing_keys
     if missing:
         raise ValueError(f"{cls.__name__}: {state} lacks {len(missing)} weights the model needs, e.g. {missing[:5]}")
@@ -165,6 +184,7 @@ def load_model(cls: type, source: Any, config: Any = None, subfolder: str | None
                torch_dtype: torch.dtype | None = None, **options: Any) -> torch.nn.Module:
     """``cls.from_single_file``: the component of class ``cls`` (or named ``subfolder``) of a checkpoint."""
     checkpoint = Checkpoint(source)
+    quantized = quantizer(checkpoint, options.pop("quantization_config", None))
     family = detect(checkpoint)
     index = read_json(config_folder(family) / "model_index.json")
     name = subfolder or next((k for k, v in index.items() if isinstance(v, list) and v[-1:] == [cls.__name__]), None)
@@ -176,7 +196,7 @@ def load_model(cls: type, source: Any, config: Any = None, subfolder: str | None
     state = _convert(family, name, checkpoint, model, options)
     if state is None:
         raise ValueError(f"{checkpoint} ({family} checkpoint) holds no {name} weights for {cls.__name__}")
-    return build(model, folder, state, torch_dtype)
+    return build(model, folder, state, torch_dtype, quantized)
 
 
 def load_pipeline(cls: type, source: Any, config: Any = None, torch_dtype: Any = None, **kwargs: Any):
@@ -219,5 +239,5 @@ def load_pipeline(cls: type, source: Any, config: Any = None, torch_dtype: Any =
         dtype = torch_dtype.get(name, torch_dtype.get("default")) if isinstance(torch_dtype, dict) else torch_dtype
         model, state = states.pop(name)  # the file's tensors go as each model takes them
         if state is not None:
-            kwargs[name] = build(model, folder / name, state, dtype)
+            kwargs[name] = build(model, folder / name, state, dtype, quantizer(checkpoint))
     return pipeline_cls.from_pretrained(folder, torch_dtype=torch_dtype, **kwargs)

@@ -8,7 +8,7 @@
         if family == "mine" and "transformer" not in model_index:
             return "a 'mine' folder has a transformer"
 
-Every hook here has a caller in the kernel (the last three: :mod:`kernel.checkpoints`).
+Every hook here has a caller in the kernel (the last four: :mod:`kernel.checkpoints`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ def kernel_register_commands(subparsers) -> None:
 def kernel_single_file_families() -> dict:
     """The single-file families this plugin converts, each mapped to a folder of bundled Diffusers configs
     (``model_index.json``, each component's config and the scheduler's; no weights)."""
+
+
+@hookspec(firstresult=True)
+def kernel_open_checkpoint(path) -> tuple | None:
+    """A file in a format this plugin reads (safetensors and ``torch.load`` files are the kernel's), as
+    ``(tensors, shapes, quantization_config)``: ``key -> tensor`` read on access, ``key -> shape`` as the model
+    holds each tensor (what detection reads), and the config its tensors load with when the caller passes no
+    ``quantization_config`` (``None``: plain tensors).  ``None`` when the file is not this plugin's format."""
 
 
 @hookspec

@@ -8,6 +8,18 @@ import torch
 
 import gguf
 from gguf import GGMLQuantizationType as T
+from kernel_memory.testing import TINY, model_inputs
+
+#: A Flux transformer 256 wide, so that every projection fits the 256-weight K-quant blocks.
+WIDE = dict(TINY["flux"][1], attention_head_dim=128, joint_attention_dim=256, pooled_projection_dim=256,
+            axes_dims_rope=[32, 48, 48])
+
+
+def wide_inputs() -> dict:
+    x = model_inputs("flux")
+    g = torch.Generator().manual_seed(3)
+    x.update(encoder_hidden_states=torch.randn(1, 5, 256, generator=g), pooled_projections=torch.randn(1, 256, generator=g))
+    return x
 
 
 def blocks(values: np.ndarray, quant_type: str, rng: np.random.Generator) -> np.ndarray:

@@ -15,19 +15,14 @@ import torch
 import gguf
 import kernel
 import kernel_contracts
-from kernel_memory.testing import TINY, model_inputs, relative_error, run, tiny_model
+from kernel_memory.testing import model_inputs, relative_error, run, tiny_model
 from kernel_quant_gguf import SUPPORTED, GGUFLinear, GGUFQuantizationConfig, from_gguf, read_gguf
 from kernel_quant_gguf.dequant import QUANTIZED, dequantize
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gguf_files import blocks, write_gguf  # noqa: E402
+from gguf_files import WIDE, blocks, wide_inputs, write_gguf  # noqa: E402
 
 CONTRACT_COVERS = ["GGUFQuantizationConfig", "gguf"]
-#: A Flux transformer 256 wide, so that every projection fits the 256-weight K-quant blocks.
-WIDE = dict(TINY["flux"][1], attention_head_dim=128, joint_attention_dim=256, pooled_projection_dim=256,
-            axes_dims_rope=[32, 48, 48])
-
-
 @pytest.mark.parametrize("quant_type", list(QUANTIZED))
 def test_dequantisation_matches_the_gguf_package(quant_type):
     rng = np.random.default_rng(0)
@@ -45,13 +40,6 @@ def wide_flux():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model.eval()
-
-
-def wide_inputs():
-    x = model_inputs("flux")
-    g = torch.Generator().manual_seed(3)
-    x.update(encoder_hidden_states=torch.randn(1, 5, 256, generator=g), pooled_projections=torch.randn(1, 256, generator=g))
-    return x
 
 
 def dequantised_reference(model, path):

@@ -92,8 +92,9 @@ def to_diffusers(family: str, component: str, checkpoint: Mapping, model: torch.
         for member, piece in zip(group, torch.split(tensor, sizes, dim=0)):
             out[member] = _fit(_transform(piece, sources[member].transform, False), shapes[member])
     for key, tensor in out.items():
-        if tuple(tensor.shape) != tuple(shapes[key]):
-            _mismatch(checkpoint, family, component, key, tensor.shape, tuple(shapes[key]))
+        shape = getattr(tensor, "logical_shape", tensor.shape)  # a quantized tensor's (GGUF's) decoded shape
+        if tuple(shape) != tuple(shapes[key]):
+            _mismatch(checkpoint, family, component, key, shape, tuple(shapes[key]))
     if spec is CLIP_L and "text_projection.weight" in shapes and "text_projection.weight" not in out:
         out["text_projection.weight"] = torch.eye(*shapes["text_projection.weight"])  # SD3's CLIP-L: identity
     return out
