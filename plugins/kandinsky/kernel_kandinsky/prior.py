@@ -12,11 +12,11 @@ black image, or - when ``negative_prompt`` is given - the prior's own sample for
 
 from __future__ import annotations
 
+import inspect
 import logging
 from types import SimpleNamespace
 from typing import Any, Callable
 
-import inspect
 import torch
 
 from kernel.engine import Conditioning
@@ -113,6 +113,7 @@ class KandinskyV22PriorPipeline(DiffusionPipeline):
             # themselves, so unguided), and split off at the end.
             prompts, negatives = prompts + negatives, negatives + negatives
         call.prompt, call.negative_prompt, call.prompt_embeds = prompts, negatives, None
+        call.tells_jump = "prev_timestep" in inspect.signature(self.scheduler.step).parameters
 
     def _encode(self, call: SimpleNamespace, negative: bool) -> Conditioning:
         return self._encode_conditioning(call.prompt, call.negative_prompt, call.device, call.num_images_per_prompt,
@@ -133,7 +134,8 @@ class KandinskyV22PriorPipeline(DiffusionPipeline):
                           **kwargs).predicted_image_embedding
 
     def _step_kwargs(self, index: int, timesteps: torch.Tensor) -> dict[str, Any]:
-        if "prev_timestep" not in inspect.signature(self.scheduler.step).parameters:
+        # unCLIP's scheduler is told each jump; a scheduler without prev_timestep keeps its own schedule.
+        if not self._call.tells_jump:
             return {}
         return {"prev_timestep": timesteps[index + 1] if index + 1 < len(timesteps) else None}
 
