@@ -28,10 +28,12 @@ import torch
 from kernel.outputs import BaseOutput
 from kernel.pipeline_utils import latents_of, repeat_to_batch, strength_timesteps
 from kernel.scheduling import randn_tensor
+from kernel_sd.base import check_prompts
 from kernel_sd.sd import _StableDiffusionCommon
 from kernel_video import VideoProcessor
 
 from kernel_animatediff.free_init import FreeInitMixin
+from kernel_animatediff.free_noise import FreeNoiseMixin, free_noise_latents
 from kernel_animatediff.motion_adapter import MotionAdapter
 from kernel_animatediff.unet_motion import UNetMotionModel
 
@@ -49,7 +51,7 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-class _AnimateDiffBase(FreeInitMixin, _StableDiffusionCommon):
+class _AnimateDiffBase(FreeInitMixin, FreeNoiseMixin, _StableDiffusionCommon):
     """What both AnimateDiff pipelines share: construction, the video grid, checks and decoding."""
 
     pipeline_family = "animatediff"
@@ -79,12 +81,20 @@ class _AnimateDiffBase(FreeInitMixin, _StableDiffusionCommon):
         _positive_int("num_videos_per_prompt", call.num_videos_per_prompt)
         _positive_int("decode_chunk_size", call.decode_chunk_size)
         call.num_images_per_prompt = call.num_videos_per_prompt
-        super()._prepare(call)  # size defaults and checks, prompt checks
+        self._prepare_size(call, self._default_size())
         self._prepare_frames(call)
+        self._prepare_free_noise_prompts(call)  # FreeNoise: {frame: prompt} dicts
+        check_prompts(call)
         limit = self.unet.config.motion_max_seq_length
-        if call.num_frames > limit:
+        if call.num_frames > limit and not self.free_noise_enabled:
             raise ValueError(f"num_frames={call.num_frames} is more than the motion modules cover "
-                             f"(motion_max_seq_length={limit}); generate at most {limit} frames")
+                             f"(motion_max_seq_length={limit}); generate at most {limit} frames, or enable FreeNoise "
+                             "(enable_free_noise) for longer videos")
+
+    def _encode(self, call: SimpleNamespace, negative: bool):
+        if getattr(call, "frame_prompts", None) is not None:
+            return self._encode_free_noise(call, negative)
+        return super()._encode(call, negative)
 
     def _prepare_frames(self, call: SimpleNamespace) -> None:
         _positive_int("num_frames", call.num_frames)
@@ -115,6 +125,13 @@ class _AnimateDiffBase(FreeInitMixin, _StableDiffusionCommon):
 
 class AnimateDiffPipeline(_AnimateDiffBase):
     """Text-to-video with an SD 1.5 UNet and a motion adapter."""
+
+    def _noise(self, call: SimpleNamespace, shape) -> torch.Tensor:
+        noise = super()._noise(call, shape)
+        if self.free_noise_enabled and len(shape) == 5:
+            fn = self._free_noise
+            noise = free_noise_latents(noise, fn.context_length, fn.context_stride, fn.noise_type, call.generator)
+        return noise
 
     @torch.no_grad()
     def __call__(

@@ -71,15 +71,22 @@ class TemporalTransformerBlock(nn.Module):
         self.pos_embed = SinusoidalPositionalEmbedding(dim, max_seq_length=max_seq_length)
         self._chunk_size: int | None = None
         self._chunk_dim = 0
+        #: FreeNoise windows ``(context_length, context_stride, weighting_scheme)``, or None (whole sequence).
+        self.free_noise: tuple[int, int, str] | None = None
 
     def set_chunk_feed_forward(self, chunk_size: int | None, dim: int = 0) -> None:
         self._chunk_size, self._chunk_dim = chunk_size, dim
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = self.attn1(self.pos_embed(self.norm1(hidden_states))) + hidden_states
-        if self.attn2 is not None:
-            hidden_states = self.attn2(self.pos_embed(self.norm2(hidden_states)),
-                                       encoder_hidden_states=encoder_hidden_states) + hidden_states
+        if self.free_noise is not None and hidden_states.shape[1] >= self.free_noise[0]:
+            from kernel_animatediff.free_noise import windowed_attention
+
+            hidden_states = windowed_attention(self, hidden_states, encoder_hidden_states, *self.free_noise)
+        else:
+            hidden_states = self.attn1(self.pos_embed(self.norm1(hidden_states))) + hidden_states
+            if self.attn2 is not None:
+                hidden_states = self.attn2(self.pos_embed(self.norm2(hidden_states)),
+                                           encoder_hidden_states=encoder_hidden_states) + hidden_states
         normed = self.norm3(hidden_states)
         if self._chunk_size is not None:
             return chunked_feed_forward(self.ff, normed, self._chunk_dim, self._chunk_size) + hidden_states

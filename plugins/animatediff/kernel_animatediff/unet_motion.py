@@ -308,6 +308,21 @@ class UNetMotionModel(ModelMixin, AttentionMixin):
             param.requires_grad = "motion_modules" in name
 
     # ------------------------------------------------------------------ switches
+    def set_free_noise(self, context_length: int | None, context_stride: int = 4,
+                       weighting_scheme: str = "pyramid") -> None:
+        """FreeNoise windows for every motion module (``None``: attend over all frames again); with windows the
+        frame count is no longer bounded by ``motion_max_seq_length`` (:mod:`kernel_animatediff.free_noise`)."""
+        from kernel_animatediff.temporal import TemporalTransformerBlock
+
+        setting = None if context_length is None else (context_length, context_stride, weighting_scheme)
+        if setting is not None and context_length > self.config.motion_max_seq_length:
+            raise ValueError(f"context_length={context_length} is more than motion_max_seq_length="
+                             f"{self.config.motion_max_seq_length}")
+        for module in self.modules():
+            if isinstance(module, TemporalTransformerBlock):
+                module.free_noise = setting
+        self._free_noise = setting
+
     def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
         """FreeU (Si et al., arXiv:2309.11497) in the up stages."""
         for block in self.up_blocks:
@@ -339,7 +354,7 @@ class UNetMotionModel(ModelMixin, AttentionMixin):
         if sample.ndim != 5:
             raise ValueError(f"sample must be (batch, channels, frames, height, width), got shape {tuple(sample.shape)}")
         batch, _, frames, height, width = sample.shape
-        if frames > self.config.motion_max_seq_length:
+        if frames > self.config.motion_max_seq_length and getattr(self, "_free_noise", None) is None:
             raise ValueError(f"sample has {frames} frames but the motion modules cover at most "
                              f"motion_max_seq_length={self.config.motion_max_seq_length}")
         encoder_hidden_states = _per_frame(encoder_hidden_states, batch, frames, "encoder_hidden_states")
