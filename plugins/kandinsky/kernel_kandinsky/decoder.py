@@ -125,7 +125,7 @@ class KandinskyV22DecoderBase(DiffusionPipeline):
         f = self.movq_scale_factor
         return (call.batch, self._latent_channels(), call.height // f, call.width // f)
 
-    def _added_cond(self, cond: dict, **kwargs) -> dict:
+    def _added_cond(self, cond: dict) -> dict:
         return {"image_embeds": cond["image_embeds"]}
 
     def _evaluate(self, model_input, timestep, cond, **kwargs):
@@ -338,7 +338,7 @@ class KandinskyV22ControlnetPipeline(KandinskyV22DecoderBase):
                 side["hint"] = hint
         return cond
 
-    def _added_cond(self, cond: dict, **kwargs) -> dict:
+    def _added_cond(self, cond: dict) -> dict:
         return {"image_embeds": cond["image_embeds"], "hint": cond["hint"]}
 
     @torch.no_grad()

@@ -103,3 +103,16 @@ def test_combined_bad_input_reaches_the_right_stage(pipes):
         ours(7, **RUN)
     with pytest.raises(ValueError, match="height must be a positive multiple of 4"):
         ours("a cat", **{**RUN, "height": 30})
+
+
+def test_combined_from_the_two_stage_pipelines_as_in_the_docs():
+    from kandinsky_fixtures import decoder_pipes, prior_pipes
+
+    ref, _ = combined_pipes()
+    _, prior = prior_pipes()
+    _, decoder = decoder_pipes()
+    pipe = KandinskyV22CombinedPipeline(**{f"prior_{k}": v for k, v in prior.components.items()},
+                                        **decoder.components)
+    pipe.set_progress_bar_config(disable=True)
+    a, b = ref("a cat", **RUN, generator=gen()).images, pipe("a cat", **RUN, generator=gen()).images
+    assert max_diff(a, b) < TOL
