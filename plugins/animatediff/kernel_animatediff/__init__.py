@@ -1,9 +1,10 @@
 """AnimateDiff for kernel: motion adapters, the motion UNet and the text/video-to-video pipelines."""
 
 from kernel_animatediff.free_init import FreeInitMixin
+from kernel_animatediff.free_noise import FreeNoiseMixin
 from kernel_animatediff.motion_adapter import MotionAdapter
 from kernel_animatediff.pipelines import AnimateDiffPipeline, AnimateDiffPipelineOutput, AnimateDiffVideoToVideoPipeline
 from kernel_animatediff.unet_motion import UNetMotionModel, UNetMotionOutput
 
 __all__ = ["AnimateDiffPipeline", "AnimateDiffPipelineOutput", "AnimateDiffVideoToVideoPipeline", "FreeInitMixin",
-           "MotionAdapter", "UNetMotionModel", "UNetMotionOutput"]
+           "FreeNoiseMixin", "MotionAdapter", "UNetMotionModel", "UNetMotionOutput"]

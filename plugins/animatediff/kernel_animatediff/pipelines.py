@@ -12,9 +12,9 @@ inversion, the UNet evaluation) run by the kernel's engine; this module adds wha
   image-to-image task with the video as its image, :meth:`AnimateDiffVideoToVideoPipeline._image2image`).
 
 ``num_videos_per_prompt`` is honoured (Diffusers 0.42 ignores it and always makes one video per
-prompt); everything else follows Diffusers' numbers.  FreeInit comes from
-:class:`~kernel_animatediff.free_init.FreeInitMixin`.  The callback's ``prompt_embeds`` hold one row
-per video, not one per frame.
+prompt); everything else follows Diffusers' numbers.  FreeInit and FreeNoise come from
+:class:`~kernel_animatediff.free_init.FreeInitMixin` and :class:`~kernel_animatediff.free_noise.FreeNoiseMixin`.
+The callback's ``prompt_embeds`` hold one row per video (per frame with FreeNoise's keyed prompts).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ are Diffusers' (``motion_modules.<i>.proj_in``, ``.transformer_blocks.<j>.attn1.
 ``.pos_embed.pe`` ...), so motion-adapter checkpoints load unchanged.
 
 The attention, feed-forward and norms are the shared layers of ``kernel-layers``; what is specific to
-the motion module (the frame positions and the frame-axis reshapes) is here.
+the motion module (the frame positions and the frame-axis reshapes) is here.  With FreeNoise windows set
+(``free_noise``), the block's attention runs window by window (:mod:`kernel_animatediff.free_noise`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from torch import nn
 
 from kernel_layers.activations import FeedForward, chunked_feed_forward
 from kernel_layers.attention import Attention
+
+from kernel_animatediff.free_noise import windowed_attention
 
 
 class SinusoidalPositionalEmbedding(nn.Module):
@@ -79,8 +82,6 @@ class TemporalTransformerBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
         if self.free_noise is not None and hidden_states.shape[1] >= self.free_noise[0]:
-            from kernel_animatediff.free_noise import windowed_attention
-
             hidden_states = windowed_attention(self, hidden_states, encoder_hidden_states, *self.free_noise)
         else:
             hidden_states = self.attn1(self.pos_embed(self.norm1(hidden_states))) + hidden_states
