@@ -1,0 +1,36 @@
+"""Tiny CogVideoX components shared by the tests (configs follow Diffusers' own tiny test models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run fastest on one thread, above all on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# 2b-like: sin-cos positions; 5b-like: rotary; 2b-I2V-like: rotary + learned table; 1.5-like: temporal patches.
+TRANSFORMER = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+                   text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+                   temporal_compression_ratio=4, max_text_seq_length=7)
+VARIANTS = {
+    "sincos": {},
+    "rotary": dict(use_rotary_positional_embeddings=True),
+    "learned": dict(use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True),
+    "patch_t": dict(use_rotary_positional_embeddings=True, patch_size_t=2, ofs_embed_dim=8, patch_bias=False),
+}
+
+
+def transformer_config(variant: str) -> dict:
+    return {**TRANSFORMER, **VARIANTS[variant]}
+
+
+def transfer(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    """Copy every parameter and persistent buffer of ``src`` into ``dst`` (same names, strict)."""
+    dst.load_state_dict(src.state_dict(), strict=True)
