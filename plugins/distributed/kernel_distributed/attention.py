@@ -134,6 +134,9 @@ class ContextParallelAttention:
         if attention_mask is not None:
             raise ValueError(f"{self.name}: attention masks are not supported under context parallelism "
                              "(the keys of this layer are split across ranks)")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+            raise RuntimeError(f"{self.name}: context parallelism is for inference (its collectives carry no "
+                               "gradients); run the model under torch.no_grad() or torch.inference_mode()")
         if getattr(attn, "is_causal", False):
             raise ValueError(f"{self.name}: causal attention is not supported under context parallelism")
         mesh = self.mesh

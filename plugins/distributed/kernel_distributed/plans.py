@@ -262,13 +262,26 @@ def enable_parallelism(model: torch.nn.Module, *args: Any, config: Any = None, c
         if streams is None:
             raise ValueError(f"the context-parallel plan of {type(model).__name__} does not say how attention layer "
                              f"{name!r} is split; add it to the plan's 'attention' entry (streams or 'local')")
-        if streams != LOCAL and layer.heads % cp.ulysses_degree:
-            raise ValueError(f"ulysses_degree={cp.ulysses_degree} must divide the head count of {name} ({layer.heads})")
+        heads = getattr(layer, "heads", None)
+        if streams != LOCAL and heads is not None and heads % cp.ulysses_degree:
+            raise ValueError(f"ulysses_degree={cp.ulysses_degree} must divide the head count of {name} ({heads})")
         assignments.append((name, layer, streams))
     modules = dict(model.named_modules())
-    for path in plan:
-        if path != "attention" and path not in modules:
+    for path, entry in plan.items():
+        if path == "attention":
+            continue
+        if path not in modules:
             raise ValueError(f"the context-parallel plan names module {path!r}, which {type(model).__name__} lacks")
+        if isinstance(entry, ContextParallelInput) and not entry.split_output:
+            raise ValueError(f"plan entry {path!r}: a module-level ContextParallelInput splits the output; "
+                             "set split_output=True or give a dict of argument names")
+        if isinstance(entry, dict):
+            bad = [k for k, v in entry.items() if not isinstance(v, ContextParallelInput)]
+            if bad:
+                raise TypeError(f"plan entry {path!r}: {bad} must map to ContextParallelInput")
+        elif not isinstance(entry, (ContextParallelInput, ContextParallelOutput)):
+            raise TypeError(f"plan entry {path!r} must be a ContextParallelInput, a ContextParallelOutput or a dict of "
+                            f"them, got {type(entry).__name__}")
 
     mesh = build_mesh(cp.ring_degree, cp.ulysses_degree)
     state = _State(type(model).__name__, mesh, cp, even=patterns is None)
@@ -281,23 +294,14 @@ def enable_parallelism(model: torch.nn.Module, *args: Any, config: Any = None, c
         if isinstance(entry, ContextParallelOutput):
             handles.append(module.register_forward_hook(_gather_hook(state, entry, path)))
         elif isinstance(entry, ContextParallelInput):
-            if not entry.split_output:
-                raise ValueError(f"plan entry {path!r}: a module-level ContextParallelInput splits the output; "
-                                 "set split_output=True or give a dict of argument names")
             handles.append(module.register_forward_hook(_output_split_hook(state, entry, path)))
-        elif isinstance(entry, dict):
-            bad = [k for k, v in entry.items() if not isinstance(v, ContextParallelInput)]
-            if bad:
-                raise TypeError(f"plan entry {path!r}: {bad} must map to ContextParallelInput")
+        else:
             try:
                 signature = inspect.signature(module.forward)
             except (TypeError, ValueError):
                 signature = None
             handles.append(module.register_forward_pre_hook(_input_hook(state, entry, signature, path),
                                                             with_kwargs=True))
-        else:
-            raise TypeError(f"plan entry {path!r} must be a ContextParallelInput, a ContextParallelOutput or a dict of "
-                            f"them, got {type(entry).__name__}")
     for name, layer, streams in assignments:
         if streams == LOCAL:
             continue

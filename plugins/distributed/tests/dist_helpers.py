@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -142,8 +143,52 @@ def worker_env(**extra: str) -> dict:
     return env
 
 
-def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --nproc_per_node N script args`` on the CPU (gloo)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(HERE / script), *args]
-    return subprocess.run(cmd, env=worker_env(**env), capture_output=True, text=True, timeout=timeout)
+def launch(script: str, *args: str, nproc: int = 2, **env: str) -> list[subprocess.Popen]:
+    """Start ``nproc`` ranks of ``script`` with the environment torchrun would give them (RANK, LOCAL_RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT) on the CPU.  Unlike torchrun's agent, nothing kills the other
+    ranks when one fails, so the tests see what a surviving rank reports."""
+    port = str(free_port())
+    procs = []
+    for rank in range(nproc):
+        rank_env = worker_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **env)
+        procs.append(subprocess.Popen([sys.executable, str(HERE / script), *args], env=rank_env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:
+    """``(returncode, stdout, stderr)`` of every rank; a rank still running after ``timeout`` s is killed."""
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            results.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return results
+
+
+def custom_model():
+    """A tiny model of plain kernel-layers parts with its own plan in Diffusers' style (no attention entry, so
+    the splits must be even): the path a third-party model takes.  Returns ``(model, plan, input)``."""
+    from torch import nn
+
+    from kernel_distributed import ContextParallelInput, ContextParallelOutput
+    from kernel_layers.attention import Attention, AttentionMixin
+
+    class Tiny(AttentionMixin, nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.attn, self.out = nn.Linear(8, 8), Attention(8, heads=2, dim_head=4), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.out(self.attn(self.proj(x)))
+
+    torch.manual_seed(0)
+    plan = {"": {"x": ContextParallelInput(split_dim=1, expected_dims=3)},
+            "out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
+    return Tiny().eval(), plan, torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(2))

@@ -31,7 +31,7 @@ def test_two_step_pipeline_equals_single_process(job, name, mode, one_thread):
 
 
 def test_the_distributed_job_is_quick(job):
-    assert job["seconds"] < 120, f"the torchrun job took {job['seconds']:.0f} s"
+    assert job["seconds"] < 120, f"the distributed job took {job['seconds']:.0f} s"
 
 
 def test_config_component_and_bad_configs():
@@ -68,4 +68,38 @@ def test_enable_parallelism_checks_its_arguments():
         model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=4))
     with pytest.raises(ValueError, match="names module 'nope'"):
         model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2), cp_plan={"nope": {}, "attention": {"*": "local"}})
+    from kernel_distributed import ContextParallelInput
+
+    with pytest.raises(ValueError, match="set split_output=True"):
+        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2),
+                                 cp_plan={"pos_embed": ContextParallelInput(split_dim=1), "attention": {"*": "local"}})
+    with pytest.raises(TypeError, match=r"plan entry '': \['x'\] must map to ContextParallelInput"):
+        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2),
+                                 cp_plan={"": {"x": 1}, "attention": {"*": "local"}})
     assert all(layer.context_parallel is None for layer in model.modules() if hasattr(layer, "attend"))
+    assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+def test_shards_plans_and_launch_errors(monkeypatch):
+    from kernel_distributed import init_distributed
+    from kernel_distributed.plans import plan_for, shard_sizes
+    from kernel_distributed.runtime import timeout_seconds
+
+    assert shard_sizes(7, 2) == [4, 3] and shard_sizes(86, 4) == [22, 22, 21, 21] and sum(shard_sizes(333, 8)) == 333
+    assert [t.shape[1] for t in torch.tensor_split(torch.zeros(1, 7), 2, dim=1)] == shard_sizes(7, 2)
+    assert plan_for(H.tiny_model("sd3")) is PLANS["SD3Transformer2DModel"]
+    with pytest.raises(ValueError, match="Linear has no context-parallel plan"):
+        plan_for(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="cp_plan must be a dict"):
+        plan_for(torch.nn.Linear(2, 2), cp_plan=[1])
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(RuntimeError, match="the environment lacks RANK, WORLD_SIZE.*torchrun --nproc_per_node"):
+        init_distributed()
+    with pytest.raises(ValueError, match="backend='ncl'"):
+        init_distributed(backend="ncl")
+    monkeypatch.setenv("KERNEL_DIST_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="KERNEL_DIST_TIMEOUT must be a number of seconds"):
+        timeout_seconds()
+    monkeypatch.setenv("KERNEL_DIST_TIMEOUT", "30")
+    assert timeout_seconds() == 30.0
