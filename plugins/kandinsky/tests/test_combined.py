@@ -77,6 +77,17 @@ def test_auto_text2image_keeps_the_combined_pipeline(pipes, tmp_path):
     assert type(AutoPipelineForText2Image.from_pretrained(tmp_path / "c")) is KandinskyV22CombinedPipeline
 
 
+
+def test_auto_image2image_and_inpainting_pick_the_combined_variants(pipes):
+    from kernel_sd.auto import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    _, ours = pipes
+    img2img = AutoPipelineForImage2Image.from_pipe(ours)
+    inpaint = AutoPipelineForInpainting.from_pipe(img2img)
+    assert type(img2img).__name__ == "KandinskyV22Img2ImgCombinedPipeline"
+    assert type(inpaint).__name__ == "KandinskyV22InpaintCombinedPipeline"
+    assert inpaint.decoder_pipe.unet is ours.decoder_pipe.unet
+
 def _image(seed=0):
     return PIL.Image.fromarray((np.random.RandomState(seed).rand(32, 32, 3) * 255).astype(np.uint8))
 

@@ -32,6 +32,9 @@ def task_class_name(class_name: str, task: str, pag: bool | None = None, control
     if not class_name.endswith("Pipeline"):
         raise ValueError(f"{class_name!r} is not a pipeline class name")
     stem = class_name[: -len("Pipeline")]
+    combined = stem.endswith("Combined")  # Kandinsky's prior + decoder: KandinskyV22Img2ImgCombinedPipeline
+    if combined:
+        stem = stem[: -len("Combined")]
     for suffix in ("Img2Img", "Inpainting", "Inpaint"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
@@ -43,7 +46,10 @@ def task_class_name(class_name: str, task: str, pag: bool | None = None, control
     stem = stem[: len(stem) - len(infix)]
     if controlnet is not None:
         infix = controlnet if isinstance(controlnet, str) else ("ControlNet" if controlnet else "")
-    return stem + infix + ("PAG" if (is_pag if pag is None else pag) else "") + _TASK_SUFFIX[task]
+    suffix = _TASK_SUFFIX[task]
+    if combined:
+        suffix = suffix[: -len("Pipeline")] + "CombinedPipeline"
+    return stem + infix + ("PAG" if (is_pag if pag is None else pag) else "") + suffix
 
 
 def controlnet_infix(controlnet) -> str:
