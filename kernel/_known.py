@@ -59,6 +59,18 @@ _MODELS = {
     "kernel-flux": ["FluxTransformer2DModel", "FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "flux"],
     "kernel-pixart": ["PixArtTransformer2DModel", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "pixart",
                       "pixart-sigma"],
+    "kernel-controlnet": ["ControlNetModel", "SD3ControlNetModel", "FluxControlNetModel", "ControlNetUnionModel",
+                          "StableDiffusionControlNetPipeline", "StableDiffusionXLControlNetPipeline"],
+    "kernel-t2i-adapter": ["T2IAdapter", "MultiAdapter", "StableDiffusionAdapterPipeline"],
+    "kernel-animatediff": ["MotionAdapter", "UNetMotionModel", "AnimateDiffPipeline", "animatediff"],
+    "kernel-kandinsky": ["VQModel", "PriorTransformer", "KandinskyV22Pipeline", "KandinskyV22PriorPipeline",
+                         "KandinskyV22CombinedPipeline", "kandinsky22"],
+    "kernel-audio": ["AudioLDMPipeline", "MusicLDMPipeline", "audioldm", "musicldm"],
+    "kernel-dance-diffusion": ["UNet1DModel", "DanceDiffusionPipeline", "dance-diffusion"],
+    "kernel-quant-bitsandbytes": ["BitsAndBytesConfig"],
+    "kernel-quant-torchao": ["TorchAoConfig"],
+    "kernel-quant-gguf": ["GGUFQuantizationConfig"],
+    "kernel-memory": ["PipelineQuantizationConfig", "enable_model_cpu_offload", "enable_group_offload"],
 }
 
 KNOWN_PROVIDERS: dict[str, str] = {
