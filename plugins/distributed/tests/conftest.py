@@ -3,6 +3,7 @@
 compare what each rank saved with single-process runs made here.  The pipeline folders are built while
 the ranks start up."""
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -15,22 +16,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dist_helpers as H  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def job(tmp_path_factory):
-    pytest.importorskip("diffusers")
-    root = tmp_path_factory.mktemp("distributed")
+def _run_job(root: Path) -> dict:
     (root / "prompts.txt").write_text("\n".join(H.PROMPTS) + "\n")
     start = time.monotonic()
-    procs = H.launch("_worker.py", str(root), KERNEL_DIST_TIMEOUT="60")
+    procs = H.launch("dist_worker.py", str(root), KERNEL_DIST_TIMEOUT="60")
     try:
         H.tiny_pipeline_folders(root)
     finally:
         (root / "folders.ready").touch()
     ranks = H.wait_all(procs, timeout=240)
-    seconds = time.monotonic() - start
-    (rc0, out0, err0), (rc1, out1, err1) = ranks
+    return dict(root=str(root), ranks=ranks, seconds=time.monotonic() - start)
+
+
+@pytest.fixture(scope="session")
+def job(request, tmp_path_factory):
+    """The job's results (``root``, per-rank ``(returncode, stdout, stderr)``, ``seconds``), run once per
+    session; under pytest-xdist (``make test -n 2``) the workers share one run through a lock."""
+    pytest.importorskip("diffusers")
+    if getattr(request.config, "workerinput", None) is None:
+        result = _run_job(tmp_path_factory.mktemp("distributed"))
+    else:
+        from filelock import FileLock
+
+        shared = tmp_path_factory.getbasetemp().parent  # this run's folder, common to the xdist workers
+        with FileLock(str(shared / "kernel-distributed-job.lock")):
+            record = shared / "kernel-distributed-job.json"
+            if record.is_file():
+                result = json.loads(record.read_text())
+            else:
+                root = shared / "kernel-distributed-job"
+                root.mkdir()
+                result = _run_job(root)
+                record.write_text(json.dumps(result))
+    (rc0, out0, err0), (rc1, out1, err1) = result["ranks"]
     assert rc0 == 3 and rc1 != 0, f"rank 0: {rc0}\n{err0[-3000:]}\nrank 1: {rc1}\n{err1[-3000:]}"
-    return dict(root=root, ranks=ranks, stdout=out0 + out1, seconds=seconds)
+    return dict(result, root=Path(result["root"]), stdout=out0 + out1)
 
 
 @pytest.fixture

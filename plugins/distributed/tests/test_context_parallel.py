@@ -30,10 +30,6 @@ def test_two_step_pipeline_equals_single_process(job, name, mode, one_thread):
         assert np.abs(images - reference).max() <= 1e-4
 
 
-def test_the_distributed_job_is_quick(job):
-    assert job["seconds"] < 120, f"the distributed job took {job['seconds']:.0f} s"
-
-
 def test_config_component_and_bad_configs():
     assert kernel.component("ContextParallelConfig") is ContextParallelConfig
     assert ContextParallelConfig(ulysses_degree=2).mesh_shape == (1, 2)
