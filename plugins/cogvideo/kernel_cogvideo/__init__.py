@@ -1,5 +1,6 @@
 """CogVideoX (Yang et al., arXiv:2408.06072) for kernel, under Diffusers' names."""
 
+from kernel_cogvideo.autoencoder import AutoencoderKLCogVideoX, CogVideoXCausalConv3d
 from kernel_cogvideo.embeddings import CogVideoXPatchEmbed, get_3d_rotary_pos_embed, get_3d_sincos_pos_embed
 from kernel_cogvideo.transformer import (
     CogVideoXAttnProcessor,
@@ -9,5 +10,5 @@ from kernel_cogvideo.transformer import (
     CogVideoXTransformer3DModel,
 )
 
-__all__ = ["CogVideoXAttnProcessor", "CogVideoXAttnProcessor2_0", "CogVideoXBlock", "CogVideoXLayerNormZero",
+__all__ = ["AutoencoderKLCogVideoX", "CogVideoXCausalConv3d", "CogVideoXAttnProcessor", "CogVideoXAttnProcessor2_0", "CogVideoXBlock", "CogVideoXLayerNormZero",
            "CogVideoXPatchEmbed", "CogVideoXTransformer3DModel", "get_3d_rotary_pos_embed", "get_3d_sincos_pos_embed"]

@@ -34,3 +34,8 @@ def transformer_config(variant: str) -> dict:
 def transfer(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     """Copy every parameter and persistent buffer of ``src`` into ``dst`` (same names, strict)."""
     dst.load_state_dict(src.state_dict(), strict=True)
+
+
+VAE = dict(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+           up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+           layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4, sample_height=16, sample_width=16)
