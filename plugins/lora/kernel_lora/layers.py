@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import gc
 import re
 import warnings
 from typing import Iterable, Mapping
@@ -50,38 +51,187 @@ def _most_common(values: Iterable):
     return collections.Counter(values).most_common(1)[0][0]
 
 
+def _rank_alpha(w: LoraWeight) -> tuple[int, float]:
+    return w.rank, (w.alpha if w.alpha is not None else float(w.rank))
+
+
 def lora_config(layers: Mapping[str, LoraWeight]):
     """A peft ``LoraConfig`` that gives every layer its own rank and alpha (exact-name patterns for the exceptions)."""
     from peft import LoraConfig
 
-    ranks = {path: w.rank for path, w in layers.items()}
-    alphas = {path: (w.alpha if w.alpha is not None else float(w.rank)) for path, w in layers.items()}
-    r, alpha = _most_common(ranks.values()), _most_common(alphas.values())
+    pairs = {path: _rank_alpha(w) for path, w in layers.items()}
+    r = _most_common(v[0] for v in pairs.values())
+    alpha = _most_common(v[1] for v in pairs.values())
     # "^" anchors the pattern at the start of the layer name: peft otherwise matches name suffixes.
-    rank_pattern = {f"^{re.escape(p)}": v for p, v in ranks.items() if v != r}
-    alpha_pattern = {f"^{re.escape(p)}": v for p, v in alphas.items() if v != alpha}
+    rank_pattern = {f"^{re.escape(p)}": v[0] for p, v in pairs.items() if v[0] != r}
+    alpha_pattern = {f"^{re.escape(p)}": v[1] for p, v in pairs.items() if v[1] != alpha}
     return LoraConfig(r=r, lora_alpha=alpha, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
                       target_modules=sorted(layers), lora_bias=any(w.up_bias is not None for w in layers.values()),
                       inference_mode=True)
 
 
-def inject(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraWeight], reference: Mapping[str, nn.Module]) -> None:
-    """Add adapter ``adapter_name`` with ``layers`` (``{module path: weights}``, already checked) to ``model``.
-
-    Each tensor goes straight to its base layer's device and dtype (a quantized base layer's int8 or
-    packed 4-bit weight is no dtype for LoRA: the LoRA weights keep theirs).  The base parameters
-    keep their ``requires_grad`` flags (peft would freeze them).
-    """
-    from peft import inject_adapter_in_model, set_peft_model_state_dict
-
-    state: dict[str, torch.Tensor] = {}
+def _lora_state(layers: Mapping[str, LoraWeight], reference: Mapping[str, nn.Module]):
+    """``{path: {"lora_A.weight": ..., "lora_B.weight": ..., ["lora_B.bias": ...]}}`` in each base layer's device and
+    dtype (a quantized base layer's int8 or packed 4-bit weight is no dtype for LoRA: those keep theirs)."""
+    out = {}
     for path, w in layers.items():
         base = reference[path].weight
         dtype = base.dtype if base.is_floating_point() else None
-        state[f"{path}.lora_A.weight"] = w.down.to(device=base.device, dtype=dtype)
-        state[f"{path}.lora_B.weight"] = w.up.to(device=base.device, dtype=dtype)
+        tensors = {"lora_A.weight": w.down.to(device=base.device, dtype=dtype),
+                   "lora_B.weight": w.up.to(device=base.device, dtype=dtype)}
         if w.up_bias is not None:
-            state[f"{path}.lora_B.bias"] = w.up_bias.to(device=base.device, dtype=dtype)
+            tensors["lora_B.bias"] = w.up_bias.to(device=base.device, dtype=dtype)
+        out[path] = tensors
+    return out
+
+
+def inject(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraWeight], reference: Mapping[str, nn.Module],
+           through_peft_model: bool | None = None) -> None:
+    """Add adapter ``adapter_name`` with ``layers`` (``{module path: weights}``, already checked) to ``model``.
+
+    peft's own layer classes hold the adapter (built by peft's per-layer dispatch, so bitsandbytes and other
+    quantized base layers get peft's layers for them), created for exactly the given paths, without random
+    initialisation, and given the LoRA tensors directly; ``model.peft_config[adapter_name]`` records the
+    :func:`lora_config`.  Each tensor goes to its base layer's device and dtype.  The base parameters keep their
+    ``requires_grad`` flags (peft would freeze them).
+
+    ``through_peft_model``: build the adapter with peft's model-level ``inject_adapter_in_model`` and
+    ``set_peft_model_state_dict`` instead (slower: it walks the whole model several times); ``None`` picks
+    that only where the direct path cannot mirror peft (tensor-parallel base layers).
+    """
+    if through_peft_model is None:
+        through_peft_model = _needs_peft_model(model, reference)
+    if through_peft_model:
+        _inject_through_peft(model, adapter_name, layers, reference)
+    else:
+        _inject_direct(model, adapter_name, layers, reference)
+
+
+def _needs_peft_model(model: nn.Module, reference: Mapping[str, nn.Module]) -> bool:
+    """Whether peft's model-level injection must be used: it adds tensor-parallel hooks, the direct path does not."""
+    if getattr(model, "_tp_size", None):
+        return True
+    return any(getattr(m, "_hf_tp_plan", None) is not None for m in reference.values())
+
+
+def _dispatch_kwargs(model: nn.Module, config) -> dict:
+    """What peft's ``LoraModel._create_and_replace`` passes its layer dispatchers, model-wide (computed once)."""
+    import operator
+
+    from peft.tuners.tuners_utils import get_device_map
+    from peft.utils.other import get_quantization_config
+
+    kwargs = {
+        "loaded_in_8bit": getattr(model, "is_loaded_in_8bit", False),
+        "loaded_in_4bit": getattr(model, "is_loaded_in_4bit", False),
+        "ephemeral_gpu_offload": config.runtime_config.ephemeral_gpu_offload,
+        "parameter_name": None,
+        "tied_adapter": {},
+        "device_map": get_device_map(model),
+    }
+    try:
+        kwargs["get_apply_tensor_subclass"] = operator.attrgetter(
+            "hf_quantizer.quantization_config.get_apply_tensor_subclass")(model)
+    except AttributeError:
+        pass
+    for method in ("gptq", "aqlm", "awq"):
+        quantization_config = get_quantization_config(model, method=method)
+        if quantization_config is not None:
+            kwargs[f"{method}_quantization_config"] = quantization_config
+    return kwargs
+
+
+@torch.no_grad()
+def _inject_direct(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraWeight],
+                   reference: Mapping[str, nn.Module]) -> None:
+    """peft's LoRA layers on exactly ``layers``' paths, built empty (meta) and given the LoRA tensors.
+
+    What peft's model-level injection does around its per-layer ``_create_and_replace`` and that matters
+    here is kept: the config recorded in ``model.peft_config``, a fused LoRA layer unfused (with peft's
+    warning) when another adapter comes in, the new adapter's parameters frozen (inference mode).  Its walks
+    over every module for matching, freezing and re-loading by state-dict key are what this path saves.
+    """
+    from peft.tuners.lora.layer import LoraLayer
+    from peft.tuners.lora.model import LoraModel
+    from peft.utils.integrations import init_empty_weights
+
+    config = lora_config(layers)
+    # the layers skip peft's random initialisation (of meta tensors, replaced below); the model records ``config``
+    build = copy.copy(config)
+    build.init_lora_weights = False
+    had_adapters = has_adapters(model)
+    if had_adapters:
+        model.peft_config[adapter_name] = config
+    else:
+        model.peft_config = {adapter_name: config}
+    shared = _dispatch_kwargs(model, config)
+    gc_was_enabled = gc.isenabled()
+    # thousands of small objects and no garbage: the cyclic collector would rescan the whole model many times
+    gc.disable()
+    try:
+        if had_adapters:
+            _unfuse_lora_layers(model, LoraLayer)
+        built = []
+        with init_empty_weights():
+            for path, w in layers.items():
+                r, alpha = _rank_alpha(w)
+                parent_path, _, child = path.rpartition(".")
+                parent = model.get_submodule(parent_path) if parent_path else model
+                target = getattr(parent, child)
+                if isinstance(target, LoraLayer):
+                    # another LoRA adapter is there already: peft adds this one to the same layer
+                    target.update_layer(adapter_name, r, lora_alpha=alpha, target_name=path, config=build)
+                    layer = target
+                else:
+                    layer = LoraModel._create_new_module(build, adapter_name, target, r=r, lora_alpha=alpha,
+                                                         target_name=path, **shared)
+                    setattr(parent, child, layer)
+                built.append((path, w, layer))
+        # outside init_empty_weights: it would put the assigned parameters on the meta device
+        for path, w, layer in built:
+            _assign(layer, adapter_name, path, w)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _unfuse_lora_layers(model: nn.Module, lora_layer: type) -> None:
+    """As peft's injection does before it activates the new adapter: unmerge every fused LoRA layer."""
+    for module in model.modules():
+        if isinstance(module, lora_layer) and module.merged:
+            warnings.warn("Adapter cannot be set when the model is merged. Unmerging the model first.")
+            module.unmerge()
+
+
+def _assign(layer: nn.Module, adapter_name: str, path: str, w: LoraWeight) -> None:
+    """Put ``w`` into ``layer``'s (empty) adapter parameters: shapes checked, frozen (inference mode), on the device
+    and in the dtype peft keeps the adapter in (the base layer's; a 4-bit layer's compute dtype; an integer
+    base weight's dtype is no dtype for LoRA, which keeps its own)."""
+    device, dtype = layer._get_base_layer_device_and_dtype(layer.get_base_layer())
+    if dtype is not None and not (dtype.is_floating_point or dtype.is_complex):
+        dtype = None
+    a, b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
+    tensors = [(a, "weight", w.down), (b, "weight", w.up)]
+    if b.bias is not None:
+        # the adapter has biases elsewhere (one config for all its layers): none here is a zero one
+        tensors.append((b, "bias", w.up_bias if w.up_bias is not None else torch.zeros(b.bias.shape, dtype=w.up.dtype)))
+    for module, name, tensor in tensors:
+        current = getattr(module, name)
+        if current is None or tuple(current.shape) != tuple(tensor.shape):
+            key = f"lora_{'A' if module is a else 'B'}.{name}"
+            shape = None if current is None else tuple(current.shape)
+            raise RuntimeError(f"{path}: peft's layer has {key} of shape {shape}, the LoRA gives {tuple(tensor.shape)}")
+        tensor = tensor.to(device=device, dtype=dtype if dtype is not None else tensor.dtype)
+        setattr(module, name, nn.Parameter(tensor, requires_grad=False))
+
+
+def _inject_through_peft(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraWeight],
+                         reference: Mapping[str, nn.Module]) -> None:
+    """The same adapter through peft's model-level ``inject_adapter_in_model`` + ``set_peft_model_state_dict``."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    state = {f"{path}.{key}": t for path, tensors in _lora_state(layers, reference).items()
+             for key, t in tensors.items()}
     grads = {id(p): p.requires_grad for p in model.parameters()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*peft_config.*")
