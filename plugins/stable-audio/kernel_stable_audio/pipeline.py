@@ -57,6 +57,11 @@ class StableAudioPipeline(DiffusionPipeline):
                               tokenizer=tokenizer, transformer=transformer, scheduler=scheduler)
 
     @property
+    def vae_scale_factor(self) -> int:
+        """Waveform samples per latent frame (the VAE's ``hop_length``)."""
+        return self.vae.hop_length
+
+    @property
     def rotary_embed_dim(self) -> int:
         return self.transformer.config.attention_head_dim // 2
 

@@ -59,3 +59,31 @@ def projection_pair(seed: int = 0):
     torch.manual_seed(seed)
     theirs = randomize(Theirs(**PROJECTION), seed)
     return copy_into(StableAudioProjectionModel(**PROJECTION), theirs), theirs
+
+
+def _text_parts(seed: int = 0):
+    from kernel_t5.testing import tiny_t5_encoder, tiny_t5_tokenizer
+
+    tokenizer = tiny_t5_tokenizer(model_max_length=12)
+    return tokenizer, tiny_t5_encoder(tokenizer, d_model=PROJECTION["text_encoder_dim"], seed=seed)
+
+
+def pipelines(seed: int = 0):
+    """``(ours, theirs)``: tiny Stable Audio pipelines with the same weights (the T5 encoder and tokenizer shared)."""
+    from diffusers import CosineDPMSolverMultistepScheduler as TheirScheduler
+    from diffusers import StableAudioPipeline as Theirs
+
+    import kernel
+
+    vae, their_vae = oobleck_pair(seed)
+    dit, their_dit = dit_pair(seed + 1)
+    projection, their_projection = projection_pair(seed + 2)
+    tokenizer, text_encoder = _text_parts(seed)
+    ours = kernel.component("StableAudioPipeline")(
+        vae=vae, text_encoder=text_encoder, projection_model=projection, tokenizer=tokenizer, transformer=dit,
+        scheduler=kernel.component("CosineDPMSolverMultistepScheduler")())
+    theirs = Theirs(vae=their_vae, text_encoder=text_encoder, projection_model=their_projection, tokenizer=tokenizer,
+                    transformer=their_dit, scheduler=TheirScheduler())
+    for pipe in (ours, theirs):
+        pipe.set_progress_bar_config(disable=True)
+    return ours, theirs
