@@ -18,7 +18,7 @@ from torch import nn
 from kernel.config import register_to_config
 from kernel.modeling import ModelMixin
 from kernel_layers.activations import FeedForward
-from kernel_layers.attention import Attention, AttentionMixin
+from kernel_layers.attention import Attention, AttentionMixin, BackendOptions, slice_sizes
 from kernel_layers.transformer_2d import Transformer2DModelOutput
 
 
@@ -41,9 +41,10 @@ def _rotate_leading(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) 
     return torch.cat([(head * cos + turned * sin).to(x.dtype), tail], dim=-1)
 
 
-class StableAudioAttnProcessor:
+class StableAudioAttnProcessor(BackendOptions):
     """Attention with partial rotary embeddings on the query (and the key, for self-attention) and
-    grouped-query key/value heads.  ``rotary_emb``: ``(cos, sin)`` from :func:`stable_audio_rotary_embedding`."""
+    grouped-query key/value heads.  ``rotary_emb``: ``(cos, sin)`` from :func:`stable_audio_rotary_embedding`.
+    ``backend`` / ``slice_size`` choose the attention kernel as for the standard processor."""
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, rotary_emb=None) -> torch.Tensor:
@@ -56,7 +57,8 @@ class StableAudioAttnProcessor:
                 key = _rotate_leading(key, rotary_emb)
         if attention_mask is not None and attention_mask.ndim == 2:
             attention_mask = attention_mask.bool()
-        out = attn.merge_heads(attn.attend(query, key, value, attention_mask))
+        out = attn.merge_heads(attn.attend(query, key, value, attention_mask, backend=self.backend,
+                                           slice_size=self.slice_size))
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -155,8 +157,20 @@ class StableAudioDiTModel(ModelMixin, AttentionMixin):
         self.postprocess_conv = nn.Conv1d(out_channels, out_channels, 1, bias=False)
         self.gradient_checkpointing = False
 
+    # The model-wide attention switches keep the rotary-aware processor (the standard one would drop the rotation).
     def set_default_attn_processor(self) -> None:
         self.set_attn_processor(StableAudioAttnProcessor())
+
+    def set_attention_backend(self, backend: str | None) -> None:
+        self.set_attn_processor(StableAudioAttnProcessor(backend=backend))
+
+    def enable_xformers_memory_efficient_attention(self, attention_op=None) -> None:
+        self.set_attention_backend("xformers")
+
+    def set_attention_slice(self, slice_size="auto") -> None:
+        layers = [m for _, m in self._attention_layers()]
+        for size, module in zip(slice_sizes(slice_size, [m.sliceable_head_dim for m in layers]), layers):
+            module.set_processor(StableAudioAttnProcessor(backend="sliced" if size else None, slice_size=size))
 
     def forward(
         self,

@@ -116,6 +116,20 @@ def test_dit_matches_diffusers_with_rotary_and_masks():
     assert _max(ours(**ex, attention_mask=mask).sample, theirs(**ex, attention_mask=mask).sample) < ATOL
 
 
+@torch.no_grad()
+def test_dit_attention_switches_keep_rotary():
+    from kernel_stable_audio import stable_audio_rotary_embedding
+
+    ours, _ = dit_pair()
+    ex = dict(_dit_inputs(), rotary_embedding=stable_audio_rotary_embedding(DIT["attention_head_dim"] // 2, 17))
+    want = ours(**ex).sample
+    assert _max(ours(**{**ex, "rotary_embedding": None}).sample, want) > 1e-3  # the rotation matters
+    for switch, arg in (("set_attention_backend", "math"), ("set_attention_slice", "max"),
+                        ("set_attention_slice", None), ("set_default_attn_processor", None)):
+        getattr(ours, switch)(*([] if switch == "set_default_attn_processor" else [arg]))
+        assert _max(ours(**ex).sample, want) < ATOL, switch
+
+
 def test_dit_folders_both_ways(tmp_path):
     from diffusers import StableAudioDiTModel as Theirs
 
