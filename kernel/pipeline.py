@@ -34,9 +34,6 @@ logger = logging.getLogger(__name__)
 #: Libraries a model_index.json may name, and how to import their classes.
 TRANSFORMERS = "transformers"
 OUR_LIBRARY_NAMES = ("diffusers", "kernel")
-#: Diffusers writes one of its pipeline sub-packages as the library of a model defined there (Stable Audio's
-#: ``["stable_audio", "StableAudioProjectionModel"]``); such a class is looked up by name like a Diffusers one.
-DIFFUSERS_PIPELINE_PACKAGES = ("stable_audio",)
 
 
 def _library_of(obj: Any) -> str:
@@ -56,9 +53,11 @@ def resolve_class(library: str | None, class_name: str | None, *, component: str
     """The class a ``[library, class_name]`` model_index entry names."""
     if library is None or class_name is None:
         return None
-    if library in OUR_LIBRARY_NAMES or library in DIFFUSERS_PIPELINE_PACKAGES:
-        from kernel.registry import get_registry
+    from kernel.registry import get_registry
 
+    # Diffusers names one of its pipeline sub-packages as the library of a model defined there (Stable Audio's
+    # ["stable_audio", "StableAudioProjectionModel"]): an installed plugin's class of that name is the one.
+    if library in OUR_LIBRARY_NAMES or (library != TRANSFORMERS and get_registry().has(class_name)):
         return get_registry().resolve(class_name)
     if library == TRANSFORMERS:
         import transformers
