@@ -115,6 +115,21 @@ def test_folders_both_ways(pair, tmp_path):
     loaded_here.set_progress_bar_config(disable=True)
     assert type(loaded_here).__name__ == "StableAudioPipeline"
     assert (_run(loaded_here, prompt="a cat") - want).abs().max() < ATOL
+    from kernel.pipeline import DiffusionPipeline
+
+    assert type(DiffusionPipeline.from_pretrained(tmp_path / "theirs")).__name__ == "StableAudioPipeline"
+
+
+def test_edm_dpmsolver_scheduler_matches_diffusers():
+    from diffusers import EDMDPMSolverMultistepScheduler as TheirScheduler
+
+    import kernel
+
+    ours, theirs = pipelines(3)
+    config = dict(sigma_min=0.3, sigma_max=500, sigma_data=1.0, prediction_type="v_prediction")
+    ours.scheduler = kernel.component("EDMDPMSolverMultistepScheduler")(**config)
+    theirs.scheduler = TheirScheduler(**config)
+    _compare((ours, theirs), prompt="the dog", num_inference_steps=4)
 
 
 @pytest.mark.parametrize("kwargs, match", [
