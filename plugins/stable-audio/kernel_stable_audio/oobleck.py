@@ -254,7 +254,8 @@ class AutoencoderOobleck(ModelMixin):
                              f"({len(channel_multiples)}) must have the same length (one per encoder block)")
         if encoder_hidden_size != 2 * decoder_input_channels:
             raise ValueError(f"encoder_hidden_size={encoder_hidden_size} must be twice decoder_input_channels="
-                             f"{decoder_input_channels}: the encoder gives the mean and the scale of each latent channel")
+                             f"{decoder_input_channels}: the encoder gives the mean and the scale of each latent "
+                             "channel")
         self.encoder_hidden_size = encoder_hidden_size
         self.downsampling_ratios = list(downsampling_ratios)
         self.upsampling_ratios = self.downsampling_ratios[::-1]

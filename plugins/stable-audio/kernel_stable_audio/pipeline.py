@@ -122,7 +122,8 @@ class StableAudioPipeline(DiffusionPipeline):
             raise ValueError(f"callback_steps must be a positive int, got {call.callback_steps!r}")
         check_prompts({"prompt": call.prompt}, call.prompt_embeds, {"negative_prompt": call.negative_prompt},
                       call.negative_prompt_embeds)
-        for name, mask_name in (("prompt_embeds", "attention_mask"), ("negative_prompt_embeds", "negative_attention_mask")):
+        pairs = (("prompt_embeds", "attention_mask"), ("negative_prompt_embeds", "negative_attention_mask"))
+        for name, mask_name in pairs:
             value, mask = getattr(call, name), getattr(call, mask_name)
             if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3):
                 raise ValueError(f"{name} must be a (batch, tokens, text_encoder_dim) tensor of T5 states")
@@ -193,7 +194,8 @@ class StableAudioPipeline(DiffusionPipeline):
             audio = audio.mean(1, keepdim=True)
         if tuple(audio.shape[:2]) != (prompts, channels):
             raise ValueError(f"initial_audio_waveforms must hold one waveform per prompt ({prompts}) with {channels} "
-                             f"channel(s) (mono is repeated to stereo), got shape {tuple(call.initial_audio_waveforms.shape)}")
+                             f"channel(s) (mono is repeated to stereo), got shape "
+                             f"{tuple(call.initial_audio_waveforms.shape)}")
         length = self.transformer.config.sample_size * self.vae.hop_length
         if audio.shape[-1] != length:
             logger.info("initial_audio_waveforms of %d samples is %s to the model's %d", audio.shape[-1],

@@ -28,7 +28,8 @@ def stable_audio_rotary_embedding(dim: int, length: int, theta: float = 10000.0,
     arXiv:2104.09864), each frequency laid out twice in two halves (rotate-half layout)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
     angles = torch.outer(torch.arange(length, device=device), inv_freq)
-    return torch.cat([angles.cos(), angles.cos()], dim=-1).float(), torch.cat([angles.sin(), angles.sin()], dim=-1).float()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1).float(), torch.cat([sin, sin], dim=-1).float()
 
 
 def _rotate_leading(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -87,7 +88,8 @@ class StableAudioDiTBlock(nn.Module):
                 rotary_embedding=None) -> torch.Tensor:
         hidden_states = hidden_states + self.attn1(self.norm1(hidden_states), attention_mask=attention_mask,
                                                    rotary_emb=rotary_embedding)
-        hidden_states = hidden_states + self.attn2(self.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states,
+        hidden_states = hidden_states + self.attn2(self.norm2(hidden_states),
+                                                   encoder_hidden_states=encoder_hidden_states,
                                                    attention_mask=encoder_attention_mask)
         return hidden_states + self.ff(self.norm3(hidden_states))
 
