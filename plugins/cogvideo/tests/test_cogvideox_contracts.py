@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kernel
-from kernel_contracts import AutoencoderContract, DenoiserContract
+from kernel_contracts import AutoencoderContract, DenoiserContract, PipelineContract, SchedulerContract
 
 sys.path.insert(0, str(Path(__file__).parent))
 import cog_fixtures as fx  # noqa: E402
@@ -47,3 +47,28 @@ class TestAutoencoderKLCogVideoXContracts(AutoencoderContract):
     @staticmethod
     def contract_inputs(model, batch_size, generator):
         return {"x": torch.rand(batch_size, 3, 5, 16, 16, generator=generator) * 2 - 1}
+
+
+class TestCogVideoXDDIMSchedulerContracts(SchedulerContract):
+    component = "CogVideoXDDIMScheduler"
+
+
+def tiny_pipeline():
+    ours, _ = fx.pipeline_parts(use_rotary_positional_embeddings=True)
+    return kernel.component("CogVideoXPipeline")(**ours)
+
+
+def pipeline_inputs(pipe, batch_size, generator):
+    prompts = ("a cat", "the dog", "a photo")
+    return dict(prompt=[prompts[i % 3] for i in range(batch_size)], num_frames=5, height=fx.SIZE, width=fx.SIZE,
+                num_inference_steps=2, max_sequence_length=16, generator=generator)
+
+
+class TestCogVideoXPipelineContracts(PipelineContract):
+    component = staticmethod(tiny_pipeline)
+    contract_inputs = staticmethod(pipeline_inputs)
+    # "pil" is a list (per video) of frame lists, which the contract's image check does not take; it is
+    # tested in test_cogvideox_pipeline.py.
+    contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"output_type": "not-an-output-type"},
+                                           {"num_frames": 0}, {"height": 12}],
+                        "output_types": ("np", "pt", "latent")}

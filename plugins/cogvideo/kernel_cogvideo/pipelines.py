@@ -1,0 +1,251 @@
+"""CogVideoX text-to-video (Yang et al., arXiv:2408.06072) on the kernel's engine.
+
+T5 embeds the prompt (padded to ``max_sequence_length`` = 226 tokens, no mask); the expert transformer
+denoises frames-first latents ``(B, F, C, h, w)`` with ``F = (num_frames - 1) / 4 + 1``; the causal 3-D VAE
+decodes them (:class:`kernel_video.VideoProcessor` makes the frames).  Rotary tables are computed once per
+call (5b, 1.5).  ``use_dynamic_cfg`` raises the guidance scale along the schedule with Diffusers' cosine
+ramp (:class:`DynamicClassifierFreeGuidance`).  With temporal patches (1.5), latent frames are padded at the
+front to a multiple of ``patch_size_t`` and dropped before decoding.  The loop, CFG batching and callbacks
+are the engine's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping
+
+import torch
+
+from kernel.config import register_to_config
+from kernel.engine import Conditioning
+from kernel.guidance import GuidanceStep
+from kernel.outputs import BaseOutput
+from kernel.pipeline import DiffusionPipeline
+from kernel.pipeline_utils import check_prompts
+from kernel_guiders import ClassifierFreeGuidance
+from kernel_t5 import check_max_sequence_length, t5_prompt_embeds
+from kernel_video import VideoProcessor
+
+from kernel_cogvideo.embeddings import get_3d_rotary_pos_embed
+
+
+@dataclass
+class CogVideoXPipelineOutput(BaseOutput):
+    """``frames``: a list (one per video) of lists of PIL frames, an ``(B, F, H, W, C)`` array, an
+    ``(B, F, C, H, W)`` tensor, or the ``(B, F, C, h, w)`` latents."""
+
+    frames: Any
+
+
+def dynamic_guidance_scale(guidance_scale: float, timestep: float, num_inference_steps: int) -> float:
+    """CogVideoX's cosine ramp: ``1 + g * (1 - cos(pi * ((n - t) / n) ** 5)) / 2`` (Diffusers' formula, with the
+    timestep ``t`` itself, not the step index)."""
+    return 1 + guidance_scale * ((1 - math.cos(math.pi * ((num_inference_steps - timestep) / num_inference_steps) ** 5.0)) / 2)
+
+
+class DynamicClassifierFreeGuidance(ClassifierFreeGuidance):
+    """Classifier-free guidance whose scale follows :func:`dynamic_guidance_scale` step by step.
+
+    Whether guidance runs at all is decided by the base ``guidance_scale`` (> 1), as in the reference.
+    """
+
+    @register_to_config
+    def __init__(self, guidance_scale: float = 6.0, num_inference_steps: int = 50):
+        super().__init__(guidance_scale=guidance_scale)
+        self.num_inference_steps = num_inference_steps
+        self.current_scale = guidance_scale
+
+    def combine(self, predictions: Mapping[str, torch.Tensor], step: GuidanceStep) -> torch.Tensor:
+        t = float(step.timestep.item() if isinstance(step.timestep, torch.Tensor) else step.timestep)
+        self.current_scale = dynamic_guidance_scale(self.guidance_scale, t, self.num_inference_steps)
+        cond = predictions["pred_cond"]
+        if "pred_uncond" not in predictions:
+            return cond
+        uncond = predictions["pred_uncond"]
+        return uncond + self.current_scale * (cond - uncond)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class CogVideoXPipeline(DiffusionPipeline):
+    """CogVideoX text-to-video (Diffusers' arguments, defaults and numbers)."""
+
+    pipeline_family = "cogvideox"
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components: list[str] = []
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    _floor_kept_steps = False
+
+    def __init__(self, tokenizer, text_encoder, vae, transformer, scheduler):
+        self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                              scheduler=scheduler)
+        self.vae_scale_factor_spatial = vae.spatial_compression_ratio if vae is not None else 8
+        self.vae_scale_factor_temporal = vae.config.temporal_compression_ratio if vae is not None else 4
+        self.vae_scaling_factor_image = vae.config.scaling_factor if vae is not None else 0.7
+        self.vae_scale_factor = self.vae_scale_factor_spatial
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+
+    # ---------------------------------------------------------------- prompts
+    def _t5_embeds(self, prompt, num_videos_per_prompt: int, max_sequence_length: int, device, dtype):
+        return t5_prompt_embeds(self.tokenizer, self.text_encoder, prompt, max_sequence_length, num_videos_per_prompt,
+                                device, dtype, width=self.transformer.config.text_embed_dim).to(dtype=dtype)
+
+    def encode_prompt(self, prompt, negative_prompt=None, do_classifier_free_guidance: bool = True,
+                      num_videos_per_prompt: int = 1, prompt_embeds=None, negative_prompt_embeds=None,
+                      max_sequence_length: int = 226, device=None, dtype=None):
+        """``(prompt_embeds, negative_prompt_embeds)``: T5 states ``(B * num_videos_per_prompt, L, D)``; the negative
+        ones (``""`` by default) only with guidance."""
+        device = device or self._execution_device
+        if dtype is None:
+            dtype = self.text_encoder.dtype if self.text_encoder is not None else self.transformer.dtype
+        if prompt_embeds is None:
+            prompt_embeds = self._t5_embeds(prompt, num_videos_per_prompt, max_sequence_length, device, dtype)
+        batch = len(prompt) if isinstance(prompt, list) else 1 if prompt is not None else prompt_embeds.shape[0]
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt = negative_prompt or ""
+            negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else negative_prompt
+            if prompt is not None and type(prompt) is not type(negatives) and not isinstance(prompt, str):
+                raise TypeError(f"negative_prompt must be a str or a list like prompt, got {type(negative_prompt).__name__}")
+            if not isinstance(negatives, list) or len(negatives) != batch:
+                raise ValueError(f"negative_prompt has {len(negatives) if isinstance(negatives, list) else '?'} "
+                                 f"entries but the prompt batch is {batch}; give one per prompt or a single str")
+            negative_prompt_embeds = self._t5_embeds(negatives, num_videos_per_prompt, max_sequence_length, device,
+                                                     dtype)
+        return prompt_embeds, negative_prompt_embeds
+
+    # ---------------------------------------------------------------- engine hooks
+    def _prepare(self, call: SimpleNamespace) -> None:
+        cfg = self.transformer.config
+        default = {"height": cfg.sample_height * self.vae_scale_factor_spatial,
+                   "width": cfg.sample_width * self.vae_scale_factor_spatial, "num_frames": cfg.sample_frames}
+        for name, value in default.items():  # only None takes the default: 0 is an error
+            if getattr(call, name) is None:
+                setattr(call, name, value)
+        for name in ("height", "width"):
+            value = getattr(call, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 8:
+                raise ValueError(f"{name} must be a positive multiple of 8, got {value!r}")
+            if value % (self.vae_scale_factor_spatial * cfg.patch_size):
+                raise ValueError(f"{name}={value} must be a multiple of {self.vae_scale_factor_spatial * cfg.patch_size} "
+                                 f"(VAE factor {self.vae_scale_factor_spatial} x patch size {cfg.patch_size})")
+        _positive_int("num_frames", call.num_frames)
+        _positive_int("num_videos_per_prompt", call.num_videos_per_prompt)
+        call.num_images_per_prompt = call.num_videos_per_prompt
+        check_max_sequence_length(call.max_sequence_length)
+        if not cfg.use_rotary_positional_embeddings or cfg.use_learned_positional_embeddings:
+            if call.max_sequence_length != cfg.max_text_seq_length:
+                raise ValueError(f"max_sequence_length={call.max_sequence_length}: this transformer's position table "
+                                 f"covers exactly max_text_seq_length={cfg.max_text_seq_length} text tokens")
+        check_prompts({"prompt": call.prompt}, call.prompt_embeds, {"negative_prompt": call.negative_prompt},
+                      call.negative_prompt_embeds)
+        call.latent_frames = (call.num_frames - 1) // self.vae_scale_factor_temporal + 1
+        pt = cfg.patch_size_t
+        call.additional_frames = (pt - call.latent_frames % pt) % pt if pt is not None else 0
+        call.latent_frames += call.additional_frames
+
+    def _default_guider(self, call: SimpleNamespace):
+        if call.use_dynamic_cfg:
+            return DynamicClassifierFreeGuidance(call.guidance_scale, call.num_inference_steps)
+        return super()._default_guider(call)
+
+    def _encode(self, call: SimpleNamespace, negative: bool) -> Conditioning:
+        embeds, neg = self.encode_prompt(call.prompt, call.negative_prompt, negative, call.num_videos_per_prompt,
+                                         call.prompt_embeds, call.negative_prompt_embeds, call.max_sequence_length,
+                                         call.device)
+        if call.prompt_embeds is not None and call.num_videos_per_prompt > 1:
+            embeds = embeds.repeat_interleave(call.num_videos_per_prompt, dim=0)
+            neg = neg.repeat_interleave(call.num_videos_per_prompt, dim=0) if negative and \
+                call.negative_prompt_embeds is not None else neg
+        return Conditioning({"prompt_embeds": embeds}, {"prompt_embeds": neg} if negative else None)
+
+    def _latent_shape(self, call: SimpleNamespace) -> tuple[int, ...]:
+        f = self.vae_scale_factor_spatial
+        return (call.batch, call.latent_frames, self.transformer.config.in_channels, call.height // f, call.width // f)
+
+    def _rotary_embeddings(self, height: int, width: int, latent_frames: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(cos, sin)`` tables of the video tokens: crop-centred ``linspace`` grids (1.0), integer grids (1.5)."""
+        cfg = self.transformer.config
+        p, pt = cfg.patch_size, cfg.patch_size_t
+        rows = height // (self.vae_scale_factor_spatial * p)
+        cols = width // (self.vae_scale_factor_spatial * p)
+        base_rows, base_cols = cfg.sample_height // p, cfg.sample_width // p
+        if pt is not None:
+            return get_3d_rotary_pos_embed(cfg.attention_head_dim, None, (rows, cols), (latent_frames + pt - 1) // pt,
+                                           grid_type="slice", max_size=(base_rows, base_cols), device=device)
+        return get_3d_rotary_pos_embed(cfg.attention_head_dim, resize_crop_region((rows, cols), base_cols, base_rows),
+                                       (rows, cols), latent_frames, device=device)
+
+    def _late_conditioning(self, call: SimpleNamespace, cond: Conditioning, latents: torch.Tensor) -> None:
+        call.image_rotary_emb = None
+        if self.transformer.config.use_rotary_positional_embeddings:
+            call.image_rotary_emb = self._rotary_embeddings(call.height, call.width, latents.shape[1], latents.device)
+
+    def _evaluate(self, model_input, timestep, cond, **kwargs):
+        timestep = (timestep[None] if timestep.ndim == 0 else timestep).to(model_input.device)
+        out = self.transformer(hidden_states=model_input, encoder_hidden_states=cond["prompt_embeds"],
+                               timestep=timestep.expand(model_input.shape[0]),
+                               image_rotary_emb=self._call.image_rotary_emb,
+                               attention_kwargs=self._call.attention_kwargs, return_dict=False, **kwargs)[0]
+        return out.float()
+
+    def _vae_decode(self, latents: torch.Tensor, call: SimpleNamespace) -> torch.Tensor:
+        """``(B, F, C, h, w)`` latents -> ``(B, 3, frames, H, W)`` pixels in [-1, 1] (padding frames dropped)."""
+        z = self.vae.denormalize_latents(latents[:, call.additional_frames:].permute(0, 2, 1, 3, 4))
+        return self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+
+    def _decode(self, latents: torch.Tensor, call: SimpleNamespace) -> Any:
+        if call.output_type == "latent":
+            return latents
+        return self.video_processor.postprocess_video(self._vae_decode(latents, call), output_type=call.output_type)
+
+    def _output(self, frames: Any, call: SimpleNamespace):
+        return CogVideoXPipelineOutput(frames=frames) if call.return_dict else (frames,)
+
+    @property
+    def guidance_scale(self):
+        guider = getattr(self, "_call_guider", None)
+        return getattr(guider, "current_scale", self._guidance_scale)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        guidance_scale: float = 6,
+        use_dynamic_cfg: bool = False,
+        num_videos_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - Diffusers' default
+        max_sequence_length: int = 226,
+    ):
+        return self._generate(locals())
+
+
+def resize_crop_region(grid: tuple[int, int], target_width: int, target_height: int):
+    """``((top, left), (bottom, right))``: the ``grid`` resized to fit ``target_height x target_width`` (aspect kept),
+    centred -- the crop the 1.0 rotary grids span."""
+    h, w = grid
+    if h / w > target_height / target_width:
+        new_h, new_w = target_height, int(round(target_height / h * w))
+    else:
+        new_w, new_h = target_width, int(round(target_width / w * h))
+    top, left = int(round((target_height - new_h) / 2.0)), int(round((target_width - new_w) / 2.0))
+    return (top, left), (top + new_h, left + new_w)
