@@ -24,6 +24,10 @@ NOT_A_PROTOCOL: dict[str, str] = {
                                   "disable_vae_slicing", "enable_vae_tiling", "disable_vae_tiling",
                                   "enable_model_cpu_offload", "enable_sequential_cpu_offload", "enable_layerwise_casting",
                                   "enable_group_offload", "enable_auto_memory", "memory_plan", "dequantize")},
+    **{name: "a parallelism setting read by enable_parallelism (kernel-distributed)"
+       for name in ("ContextParallelConfig", "ParallelConfig")},
+    **{name: "a function the kernel calls as a model/pipeline method (kernel.modeling.plugin_method)"
+       for name in ("balanced_device_map", "enable_parallelism", "reset_device_map")},
 }
 
 #: Registered today without a contract test; each plugin must add one (then remove it here).
