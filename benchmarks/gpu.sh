@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 BUDGET=${KERNEL_BENCH_BUDGET_S:-445}       # seconds for the whole run, installs included
 SITE=${KERNEL_BENCH_SITE:-/tmp/kernel-bench-site}
-PLUGINS=${KERNEL_BENCH_PLUGINS:-"layers unet autoencoders clip t5 guiders lora ip-adapter textual-inversion memory quant-bitsandbytes sd sd3 flux controlnet sched-common sched-euler sched-pndm sched-flow-match sched-ddim"}
+PLUGINS=${KERNEL_BENCH_PLUGINS:-"layers unet autoencoders clip t5 guiders lora ip-adapter textual-inversion memory quant-bitsandbytes distributed sd sd3 flux controlnet sched-common sched-euler sched-pndm sched-flow-match sched-ddim"}
 GPU_TESTS=${KERNEL_GPU_TESTS:-0}          # 1: also run the CUDA-only tests first (needs every plugin)
 [ "$GPU_TESTS" = 1 ] && PLUGINS=all
 [ "$PLUGINS" = all ] && PLUGINS=$(cd plugins && ls -d */ | tr -d /)
@@ -88,4 +88,9 @@ LEFT=$((BUDGET - SECONDS))
 echo "# set-up took ${SECONDS} s; benchmarks get ${LEFT} s"
 LOG=${OUT:+$OUT/gpu_bench.txt}
 timeout -k 5 $((LEFT + 30)) $PY benchmarks/gpu_bench.py --budget-s "$LEFT" "$@" 2>&1 | tee ${LOG:-/dev/null}
-exit "${PIPESTATUS[0]}"
+STATUS=${PIPESTATUS[0]}
+# 5. Context parallel (issue 20) only where there are several GPUs; it says so and exits 0 otherwise.
+if [ "$($PY -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)" -ge 2 ]; then
+  timeout -k 5 300 $PY benchmarks/context_parallel.py 2>&1 | tee -a ${LOG:-/dev/null}
+fi
+exit "$STATUS"
