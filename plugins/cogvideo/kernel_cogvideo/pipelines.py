@@ -23,7 +23,7 @@ from kernel.engine import Conditioning
 from kernel.guidance import GuidanceStep
 from kernel.outputs import BaseOutput
 from kernel.pipeline import DiffusionPipeline
-from kernel.pipeline_utils import check_prompts
+from kernel.pipeline_utils import check_prompts, latents_of, repeat_to_batch
 from kernel_guiders import ClassifierFreeGuidance
 from kernel_t5 import check_max_sequence_length, t5_prompt_embeds
 from kernel_video import VideoProcessor
@@ -49,17 +49,20 @@ class DynamicClassifierFreeGuidance(ClassifierFreeGuidance):
     """Classifier-free guidance whose scale follows :func:`dynamic_guidance_scale` step by step.
 
     Whether guidance runs at all is decided by the base ``guidance_scale`` (> 1), as in the reference.
+    ``num_inference_steps=None`` takes the number of steps the loop runs (after ``strength`` trimming in
+    video-to-video, as the reference).
     """
 
     @register_to_config
-    def __init__(self, guidance_scale: float = 6.0, num_inference_steps: int = 50):
+    def __init__(self, guidance_scale: float = 6.0, num_inference_steps: int | None = None):
         super().__init__(guidance_scale=guidance_scale)
         self.num_inference_steps = num_inference_steps
         self.current_scale = guidance_scale
 
     def combine(self, predictions: Mapping[str, torch.Tensor], step: GuidanceStep) -> torch.Tensor:
         t = float(step.timestep.item() if isinstance(step.timestep, torch.Tensor) else step.timestep)
-        self.current_scale = dynamic_guidance_scale(self.guidance_scale, t, self.num_inference_steps)
+        steps = self.num_inference_steps or step.num_steps
+        self.current_scale = dynamic_guidance_scale(self.guidance_scale, t, steps)
         cond = predictions["pred_cond"]
         if "pred_uncond" not in predictions:
             return cond
@@ -150,7 +153,7 @@ class CogVideoXPipeline(DiffusionPipeline):
 
     def _default_guider(self, call: SimpleNamespace):
         if call.use_dynamic_cfg:
-            return DynamicClassifierFreeGuidance(call.guidance_scale, call.num_inference_steps)
+            return DynamicClassifierFreeGuidance(call.guidance_scale)
         return super()._default_guider(call)
 
     def _encode(self, call: SimpleNamespace, negative: bool) -> Conditioning:
@@ -249,3 +252,77 @@ def resize_crop_region(grid: tuple[int, int], target_width: int, target_height: 
         new_w, new_h = target_width, int(round(target_width / w * h))
     top, left = int(round((target_height - new_h) / 2.0)), int(round((target_width - new_w) / 2.0))
     return (top, left), (top + new_h, left + new_w)
+
+
+class CogVideoXVideoToVideoPipeline(CogVideoXPipeline):
+    """CogVideoX video-to-video (SDEdit, Meng et al., arXiv:2108.01073): the input video's latents are noised to
+    the first step ``strength`` keeps and denoised under the prompt (the engine's image-to-image task)."""
+
+    _task = "image2image"
+    _floor_kept_steps = True  # keeps int(num_inference_steps * strength) steps, as the reference
+
+    def _prepare(self, call: SimpleNamespace) -> None:
+        if call.video is None and call.latents is None:
+            raise ValueError("video is required: a list of frames (PIL images, arrays or tensors), or pass latents")
+        if call.video is not None and call.latents is not None:
+            raise ValueError("pass either video or latents, not both")
+        call.num_frames = 1  # set from the video (or the latents) below, once the size is known
+        super()._prepare(call)
+        if call.latents is not None:
+            call.pixels, call.latent_frames = None, call.latents.shape[1] if call.latents.ndim == 5 else 0
+        else:
+            call.pixels = self.video_processor.preprocess_video(call.video, height=call.height, width=call.width)
+            call.num_frames = call.pixels.shape[2]
+            call.latent_frames = (call.num_frames - 1) // self.vae_scale_factor_temporal + 1
+        pt = self.transformer.config.patch_size_t
+        if pt is not None and call.latent_frames % pt:
+            raise ValueError(f"the video gives {call.latent_frames} latent frames, which patch_size_t={pt} does not "
+                             "divide; pass 1 + 4k frames with a multiple of patch_size_t latent frames")
+        call.additional_frames = 0
+
+    def _image2image(self, call: SimpleNamespace, cond, timesteps: torch.Tensor):
+        shape = self._latent_shape(call)
+        if call.latents is not None:
+            return self._given_latents(call, shape) * self.scheduler.init_noise_sigma, None, ()
+        videos = call.pixels.to(device=call.device, dtype=self.vae.dtype)
+        if videos.shape[0] not in (1, call.batch):
+            raise ValueError(f"got {videos.shape[0]} videos for a batch of {call.batch} (prompts x "
+                             "num_videos_per_prompt); pass one video or one per generated video")
+        # one posterior sample per input video (per generator when given a list), drawn before the noise
+        generators = call.generator if isinstance(call.generator, list) else None
+        if generators is not None:
+            videos = repeat_to_batch(videos, call.batch, "videos")
+        init = torch.cat([latents_of(self.vae.encode(v[None]), generators[i] if generators else call.generator)
+                          for i, v in enumerate(videos)])
+        init = repeat_to_batch(self.vae.normalize_latents(init.to(call.dtype)), call.batch, "videos")
+        init = init.permute(0, 2, 1, 3, 4)
+        noise = self._noise(call, shape)
+        return self.scheduler.add_noise(init, noise, timesteps[:1].repeat(call.batch)), None, ()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video: list | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        strength: float = 0.8,
+        guidance_scale: float = 6,
+        use_dynamic_cfg: bool = False,
+        num_videos_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - Diffusers' default
+        max_sequence_length: int = 226,
+    ):
+        return self._generate(locals())

@@ -82,3 +82,12 @@ def pipeline_parts(rotary: bool = False, **transformer_extra) -> tuple[dict, dic
                  scheduler=ours.CogVideoXDDIMScheduler(**SCHEDULER)),
             dict(tokenizer=tok, text_encoder=enc, vae=ref_v, transformer=ref_t,
                  scheduler=diffusers.CogVideoXDDIMScheduler(**SCHEDULER)))
+
+
+def video(frames: int = 9, seed: int = 0):
+    """A list of random RGB PIL frames of SIZE x SIZE."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(frames)]

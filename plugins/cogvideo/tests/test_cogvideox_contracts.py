@@ -72,3 +72,21 @@ class TestCogVideoXPipelineContracts(PipelineContract):
     contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"output_type": "not-an-output-type"},
                                            {"num_frames": 0}, {"height": 12}],
                         "output_types": ("np", "pt", "latent")}
+
+
+def tiny_video2video():
+    ours, _ = fx.pipeline_parts(use_rotary_positional_embeddings=True)
+    return kernel.component("CogVideoXVideoToVideoPipeline")(**ours)
+
+
+def video_inputs(pipe, batch_size, generator):
+    prompts = ("a cat", "the dog", "a photo")
+    return dict(video=fx.video(frames=5), prompt=[prompts[i % 3] for i in range(batch_size)], height=fx.SIZE,
+                width=fx.SIZE, num_inference_steps=2, strength=0.6, max_sequence_length=16, generator=generator)
+
+
+class TestCogVideoXVideoToVideoPipelineContracts(PipelineContract):
+    component = staticmethod(tiny_video2video)
+    contract_inputs = staticmethod(video_inputs)
+    contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"strength": 2.0}, {"video": None}],
+                        "output_types": ("np", "pt", "latent")}
