@@ -326,3 +326,78 @@ class CogVideoXVideoToVideoPipeline(CogVideoXPipeline):
         max_sequence_length: int = 226,
     ):
         return self._generate(locals())
+
+
+class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
+    """CogVideoX image-to-video: the first frame's latents (zeros for the other latent frames) are concatenated to
+    the noisy latents along the channels at every step; 1.5 models also embed ``ofs = 2``."""
+
+    def _prepare(self, call: SimpleNamespace) -> None:
+        if call.image is None:
+            raise ValueError("image is required: a PIL image, an array or a tensor (the first frame)")
+        if not isinstance(call.image, (torch.Tensor, list)) and not hasattr(call.image, "convert"):
+            raise ValueError(f"image must be a PIL image, a list of them or a tensor, got {type(call.image).__name__}")
+        super()._prepare(call)
+
+    def _image_latents(self, call: SimpleNamespace, dtype: torch.dtype) -> torch.Tensor:
+        """``(B, F, C, h, w)``: the normalised latents of ``image`` as frame 0, zeros after."""
+        pixels = self.video_processor.preprocess(call.image, height=call.height, width=call.width)
+        pixels = pixels.to(device=call.device, dtype=self.vae.dtype)[:, :, None]  # one-frame videos
+        if pixels.shape[0] not in (1, call.batch):
+            raise ValueError(f"got {pixels.shape[0]} images for a batch of {call.batch}; pass one image or one per video")
+        generators = call.generator if isinstance(call.generator, list) else None
+        if generators is not None:
+            pixels = repeat_to_batch(pixels, call.batch, "images")
+        first = torch.cat([latents_of(self.vae.encode(p[None]), generators[i] if generators else call.generator)
+                           for i, p in enumerate(pixels)]).to(dtype)
+        scale = self.vae_scaling_factor_image
+        first = first / scale if self.vae.config.get("invert_scale_latents", False) else first * scale
+        first = repeat_to_batch(first, call.batch, "images").permute(0, 2, 1, 3, 4)
+        padding = first.new_zeros(first.shape[0], call.latent_frames - 1, *first.shape[2:])
+        return torch.cat([first, padding], dim=1)
+
+    def _encode(self, call: SimpleNamespace, negative: bool) -> Conditioning:
+        cond = super()._encode(call, negative)
+        # encoded here, before the engine draws the noise: the reference takes the image's sample first
+        image_latents = self._image_latents(call, cond.positive["prompt_embeds"].dtype)
+        for side in (cond.positive, cond.negative or {}) if negative else (cond.positive,):
+            side["image_latents"] = image_latents
+        return cond
+
+    def _latent_shape(self, call: SimpleNamespace) -> tuple[int, ...]:
+        b, f, c, h, w = super()._latent_shape(call)
+        return b, f, c // 2, h, w
+
+    def _evaluate(self, model_input, timestep, cond, **kwargs):
+        if self.transformer.config.ofs_embed_dim is not None:
+            kwargs["ofs"] = model_input.new_full((1,), 2.0)
+        model_input = torch.cat([model_input, cond["image_latents"].to(model_input.dtype)], dim=2)
+        return super()._evaluate(model_input, timestep, cond, **kwargs)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image=None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int = 49,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        guidance_scale: float = 6,
+        use_dynamic_cfg: bool = False,
+        num_videos_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - Diffusers' default
+        max_sequence_length: int = 226,
+    ):
+        return self._generate(locals())

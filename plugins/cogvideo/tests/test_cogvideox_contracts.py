@@ -90,3 +90,21 @@ class TestCogVideoXVideoToVideoPipelineContracts(PipelineContract):
     contract_inputs = staticmethod(video_inputs)
     contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"strength": 2.0}, {"video": None}],
                         "output_types": ("np", "pt", "latent")}
+
+
+def tiny_image2video():
+    ours, _ = fx.pipeline_parts(use_rotary_positional_embeddings=True, in_channels=8)
+    return kernel.component("CogVideoXImageToVideoPipeline")(**ours)
+
+
+def image_inputs(pipe, batch_size, generator):
+    prompts = ("a cat", "the dog", "a photo")
+    return dict(image=fx.video(frames=1)[0], prompt=[prompts[i % 3] for i in range(batch_size)], num_frames=5,
+                height=fx.SIZE, width=fx.SIZE, num_inference_steps=2, max_sequence_length=16, generator=generator)
+
+
+class TestCogVideoXImageToVideoPipelineContracts(PipelineContract):
+    component = staticmethod(tiny_image2video)
+    contract_inputs = staticmethod(image_inputs)
+    contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"image": None}, {"num_frames": 0}],
+                        "output_types": ("np", "pt", "latent")}
