@@ -121,6 +121,15 @@ class CogVideoXPipeline(DiffusionPipeline):
                                                      dtype)
         return prompt_embeds, negative_prompt_embeds
 
+    def fuse_qkv_projections(self) -> None:
+        """One q/k/v matmul per attention layer of the transformer (same numbers, fewer kernel launches)."""
+        self.fusing_transformer = True
+        self.transformer.fuse_qkv_projections()
+
+    def unfuse_qkv_projections(self) -> None:
+        self.transformer.unfuse_qkv_projections()
+        self.fusing_transformer = False
+
     # ---------------------------------------------------------------- engine hooks
     def _prepare(self, call: SimpleNamespace) -> None:
         cfg = self.transformer.config

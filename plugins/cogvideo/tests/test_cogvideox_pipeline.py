@@ -146,3 +146,16 @@ def test_bad_inputs(kw, match):
     pipe, _ = _pipes("sincos")
     with pytest.raises((ValueError, TypeError), match=match):
         pipe(**_args(**kw))
+
+
+def test_fused_qkv_projections_give_the_same_video():
+    pipe, _ = _pipes("rotary")
+    before = pipe(**_args(), generator=torch.Generator().manual_seed(0)).frames
+    pipe.fuse_qkv_projections()
+    try:
+        assert hasattr(pipe.transformer.transformer_blocks[0].attn1, "to_qkv")
+        fused = pipe(**_args(), generator=torch.Generator().manual_seed(0)).frames
+    finally:
+        pipe.unfuse_qkv_projections()
+    assert not hasattr(pipe.transformer.transformer_blocks[0].attn1, "to_qkv")
+    torch.testing.assert_close(fused, before, atol=1e-5, rtol=0)
