@@ -1,0 +1,172 @@
+"""Kandinsky 2.1: the 2.2 prior under 2.1's name, and a decoder that also reads the prompt.
+
+2.1's decoder UNet is conditioned on the prompt as well as on the CLIP image embedding: the
+:class:`~kernel_kandinsky.multilingual_clip.MultilingualCLIP` token states are its cross-attention input
+(projected together with the image embedding, ``encoder_hid_dim_type="text_image_proj"``) and its pooled
+projection joins the image embedding in the time embedding (``addition_embed_type="text_image"``).  The
+negative pass uses the negative prompt (``""`` by default) with ``negative_image_embeds``.
+
+Everything else - the one denoising loop, the learned-variance split under guidance, MoVQ decoding, sizes -
+is the 2.2 decoder's (:class:`~kernel_kandinsky.decoder.KandinskyV22DecoderBase`).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import torch
+
+from kernel.engine import Conditioning
+
+from kernel_kandinsky.decoder import KandinskyV22DecoderBase
+from kernel_kandinsky.outputs import KandinskyPriorPipelineOutput
+from kernel_kandinsky.prior import KandinskyV22PriorPipeline, _prompt_list
+
+logger = logging.getLogger(__name__)
+
+#: 2.1's decoder tokenises every prompt to this many tokens (whatever the tokenizer's own limit).
+TEXT_TOKENS = 77
+DECODER_OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+class _DiffusersIndexNames:
+    """Writes Diffusers' ``["kandinsky", "MultilingualCLIP"]`` for the text encoder in ``model_index.json``
+    (Diffusers finds that class in its ``kandinsky`` pipeline package, not at its top level)."""
+
+    def _index_text_encoder(self) -> None:
+        from kernel_kandinsky.multilingual_clip import MultilingualCLIP
+
+        for name in self._component_names():
+            if isinstance(getattr(self, name, None), MultilingualCLIP):
+                self.register_to_config(**{name: ["kandinsky", "MultilingualCLIP"]})
+
+    def register_modules(self, **modules: Any) -> None:
+        super().register_modules(**modules)
+        self._index_text_encoder()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in self.__dict__.get("_component_keys", ()):
+            self._index_text_encoder()
+
+
+class KandinskyPriorPipeline(KandinskyV22PriorPipeline):
+    """Text (and image) -> CLIP image embeddings for the Kandinsky 2.1 decoder (the 2.2 prior, 2.1's call)."""
+
+    _callback_tensor_inputs = ["latents"]
+
+    @torch.no_grad()
+    def interpolate(self, images_and_prompts: list, weights: list[float], num_images_per_prompt: int = 1,
+                    num_inference_steps: int = 25, generator=None, latents: torch.Tensor | None = None,
+                    negative_prior_prompt: str | None = None, negative_prompt: str = "", guidance_scale: float = 4.0,
+                    device=None) -> KandinskyPriorPipelineOutput:
+        """A weighted sum of the image embeddings of prompts and images, as one ``(1, D)`` embedding."""
+        if num_images_per_prompt != 1:
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt}: KandinskyPriorPipeline.interpolate "
+                             "supports 1 only (2.1 sums the rows of every prompt into one embedding)")
+        return super().interpolate(images_and_prompts, weights, num_images_per_prompt=1,
+                                   num_inference_steps=num_inference_steps, generator=generator, latents=latents,
+                                   negative_prior_prompt=negative_prior_prompt, negative_prompt=negative_prompt,
+                                   guidance_scale=guidance_scale, device=device)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = 25,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        guidance_scale: float = 4.0,
+        output_type: str | None = "pt",
+        return_dict: bool = True,
+    ):
+        return self._generate(locals())
+
+
+class KandinskyPipeline(_DiffusersIndexNames, KandinskyV22DecoderBase):
+    """Text-to-image decoding of CLIP image embeddings (from :class:`KandinskyPriorPipeline`) and the prompt."""
+
+    model_cpu_offload_seq = "text_encoder->unet->movq"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, text_encoder, tokenizer, unet, scheduler, movq) -> None:
+        super().__init__(unet=unet, scheduler=scheduler, movq=movq)
+        self.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
+
+    def _embedding_width(self) -> int | None:
+        cfg = self.unet.config
+        return cfg.cross_attention_dim if cfg.encoder_hid_dim_type == "text_image_proj" else None
+
+    def _prepare(self, call: SimpleNamespace) -> None:
+        prompts = _prompt_list(call.prompt, "prompt")
+        negatives = _prompt_list(call.negative_prompt, "negative_prompt", optional=True)
+        if call.output_type not in DECODER_OUTPUT_TYPES:
+            raise ValueError(f"output_type={call.output_type!r} is not supported by {type(self).__name__}; use one of "
+                             f"{list(DECODER_OUTPUT_TYPES)}")
+        super()._prepare(call)
+        rows = call.image_embeds.shape[0]
+        if len(prompts) != rows:
+            raise ValueError(f"prompt has {len(prompts)} entries but image_embeds has {rows} rows; give one image "
+                             "embedding per prompt")
+        if negatives is not None and len(negatives) != len(prompts):
+            raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; "
+                             "give one negative prompt per prompt")
+        call.texts, call.negative_texts = prompts, negatives
+
+    def encode_prompt(self, prompt: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(prompt_embeds, text_encoder_hidden_states, text_mask)`` of ``prompt`` (77 tokens each)."""
+        prompt = _prompt_list(prompt, "prompt")
+        tok = self.tokenizer
+        inputs = tok(prompt, padding="max_length", max_length=TEXT_TOKENS, truncation=True,
+                     return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
+        if tok(prompt, padding="longest", return_tensors="pt").input_ids.shape[-1] > TEXT_TOKENS:
+            logger.warning("prompts longer than %d tokens were truncated", TEXT_TOKENS)
+        mask = inputs.attention_mask.to(device)
+        embeds, hidden = self.text_encoder(input_ids=inputs.input_ids.to(device), attention_mask=mask)
+        return embeds, hidden, mask
+
+    def _encode(self, call: SimpleNamespace, negative: bool) -> Conditioning:
+        cond = super()._encode(call, negative)
+        n, dtype = call.num_images_per_prompt, self.unet.dtype
+
+        def add_text(side: dict, texts: list[str]) -> None:
+            embeds, hidden, _ = self.encode_prompt(texts, call.device)
+            side["text_embeds"] = embeds.repeat_interleave(n, dim=0).to(dtype)
+            side["encoder_hidden_states"] = hidden.repeat_interleave(n, dim=0).to(dtype)
+
+        add_text(cond.positive, call.texts)
+        if cond.negative is not None:
+            add_text(cond.negative, call.negative_texts or [""] * len(call.texts))
+        return cond
+
+    def _added_cond(self, cond: dict) -> dict:
+        return {"text_embeds": cond["text_embeds"], "image_embeds": cond["image_embeds"]}
+
+    def _evaluate(self, model_input, timestep, cond, **kwargs):
+        return self.unet(model_input, timestep, encoder_hidden_states=cond["encoder_hidden_states"],
+                         added_cond_kwargs=self._added_cond(cond), return_dict=False, **kwargs)[0]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image_embeds: torch.Tensor | list[torch.Tensor],
+        negative_image_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
+        return_dict: bool = True,
+    ):
+        return self._generate(locals())
