@@ -7,8 +7,8 @@ count while keeping the first frame on its own.  The decoder is conditioned on t
 norm (spatially conditioned GroupNorm, as in MoVQ, Zheng et al., arXiv:2209.09002).
 
 Long videos are encoded 8 frames and decoded 2 latent frames at a time; each causal convolution carries
-the last frames of the previous batch over to the next (:func:`frame_batches`), so the result does not
-depend on the batching.  ``enable_slicing`` runs one video of a batch at a time; ``enable_tiling`` runs
+the last frames of the previous batch over to the next (:func:`frame_batches`); GroupNorm statistics stay
+per batch, as in the reference.  ``enable_slicing`` runs one video of a batch at a time; ``enable_tiling`` runs
 overlapping spatial tiles, blended as Diffusers does.
 """
 
