@@ -93,3 +93,22 @@ def decoder21_pipes(name: str = "KandinskyPipeline", scheduler: str = "DDIMSched
     return _quiet(getattr(diffusers, name)(text_encoder=t_ref, tokenizer=tok, unet=u_ref, scheduler=s_ref, movq=m_ref),
                   kernel.component(name)(text_encoder=t_ours, tokenizer=tok, unet=u_ours, scheduler=s_ours,
                                          movq=m_ours))
+
+
+def combined21_pipes(name: str = "KandinskyCombinedPipeline"):
+    """Diffusers' 2.1 combined pipeline and ours over the same weights (prior + decoder)."""
+    import kernel
+
+    p_ref, p_ours = prior()
+    u_ref, u_ours = unet21()
+    m_ref, m_ours = movq()
+    t_ref, t_ours = mclip()
+    s_ref, s_ours = scheduler_pair("DDIMScheduler", **DDIM)
+    ps_ref, ps_ours = scheduler_pair("UnCLIPScheduler", **UNCLIP)
+    shared = dict(tokenizer=xlmr_tokenizer(), prior_image_encoder=image_encoder(), prior_text_encoder=text_encoder(),
+                  prior_tokenizer=tokenizer(), prior_image_processor=image_processor())
+    ref = getattr(diffusers, name)(text_encoder=t_ref, unet=u_ref, scheduler=s_ref, movq=m_ref, prior_prior=p_ref,
+                                   prior_scheduler=ps_ref, **shared)
+    ours = kernel.component(name)(text_encoder=t_ours, unet=u_ours, scheduler=s_ours, movq=m_ours,
+                                  prior_prior=p_ours, prior_scheduler=ps_ours, **shared)
+    return _quiet(ref, ours)

@@ -14,7 +14,7 @@ import torch
 import kernel
 from kernel_contracts import PipelineContract
 
-from kandinsky21_fixtures import MCLIP, decoder21_pipes, prior21_pipes
+from kandinsky21_fixtures import MCLIP, combined21_pipes, decoder21_pipes, prior21_pipes
 from kandinsky_fixtures import EMBED
 
 SIZE = dict(height=32, width=32)
@@ -48,6 +48,16 @@ class TestKandinskyPipelineContracts(PipelineContract):
     contract_options = {"output_types": ("pil", "np", "pt")}
 
 
+def combined_inputs(pipe, batch_size, generator):
+    return dict(prior_inputs(pipe, batch_size, generator), **SIZE, prior_num_inference_steps=2)
+
+
+class TestKandinskyCombinedPipelineContracts(PipelineContract):
+    component = staticmethod(lambda: _ours(combined21_pipes))
+    contract_inputs = staticmethod(combined_inputs)
+    contract_options = {"output_types": ("pil", "np", "pt")}
+
+
 def test_multilingual_clip_by_name_has_the_checkpoint_layout():
     cls = kernel.component("MultilingualCLIP")
     model = cls(cls.config_class(**MCLIP))
@@ -57,4 +67,4 @@ def test_multilingual_clip_by_name_has_the_checkpoint_layout():
 
 
 # The registered names the classes and test above cover.
-CONTRACT_COVERS = ["MultilingualCLIP", "KandinskyPriorPipeline", "KandinskyPipeline"]
+CONTRACT_COVERS = ["MultilingualCLIP", "KandinskyPriorPipeline", "KandinskyPipeline", "KandinskyCombinedPipeline"]

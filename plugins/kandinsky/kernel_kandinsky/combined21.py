@@ -1,0 +1,77 @@
+"""Kandinsky 2.1 in one call: :class:`~kernel_kandinsky.kandinsky21.KandinskyPriorPipeline` then
+:class:`~kernel_kandinsky.kandinsky21.KandinskyPipeline`, by composition over shared components (the
+prior's prefixed ``prior_``, as in Diffusers' folders).  Both stages run the kernel's engine."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from kernel.pipeline import DiffusionPipeline
+
+from kernel_kandinsky.combined import _tile
+from kernel_kandinsky.kandinsky21 import KandinskyPipeline, KandinskyPriorPipeline, _DiffusersIndexNames
+
+
+class KandinskyCombinedPipeline(_DiffusersIndexNames, DiffusionPipeline):
+    """Text-to-image with Kandinsky 2.1: prompt -> prior image embedding -> decoder (which reads the prompt too).
+
+    As in Diffusers, ``negative_prompt`` steers the prior only, ``latents`` are the prior's, and the decoder
+    gets the prompt list repeated whole (not per image) up to the prior's ``num_images_per_prompt`` rows.
+    """
+
+    pipeline_family = "kandinsky"
+    model_cpu_offload_seq = "text_encoder->unet->movq->prior_prior->prior_image_encoder->prior_text_encoder"
+    _load_connected_pipes = True
+    _exclude_from_cpu_offload = ["prior_prior"]
+
+    def __init__(self, text_encoder, tokenizer, unet, scheduler, movq, prior_prior, prior_image_encoder,
+                 prior_text_encoder, prior_tokenizer, prior_scheduler, prior_image_processor) -> None:
+        self.register_modules(text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              movq=movq, prior_prior=prior_prior, prior_image_encoder=prior_image_encoder,
+                              prior_text_encoder=prior_text_encoder, prior_tokenizer=prior_tokenizer,
+                              prior_scheduler=prior_scheduler, prior_image_processor=prior_image_processor)
+        self.prior_pipe = KandinskyPriorPipeline(prior=prior_prior, image_encoder=prior_image_encoder,
+                                                 text_encoder=prior_text_encoder, tokenizer=prior_tokenizer,
+                                                 scheduler=prior_scheduler, image_processor=prior_image_processor)
+        self.decoder_pipe = KandinskyPipeline(text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                              scheduler=scheduler, movq=movq)
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        super().set_progress_bar_config(**kwargs)
+        self.prior_pipe.set_progress_bar_config(**kwargs)
+        self.decoder_pipe.set_progress_bar_config(**kwargs)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        height: int = 512,
+        width: int = 512,
+        prior_guidance_scale: float = 4.0,
+        prior_num_inference_steps: int = 25,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
+        return_dict: bool = True,
+    ):
+        embeds, negative = self.prior_pipe(prompt=prompt, negative_prompt=negative_prompt,
+                                           num_images_per_prompt=num_images_per_prompt,
+                                           num_inference_steps=prior_num_inference_steps, generator=generator,
+                                           latents=latents, guidance_scale=prior_guidance_scale, output_type="pt",
+                                           return_dict=False)
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        outputs = self.decoder_pipe(prompt=_tile(prompts, embeds.shape[0]), image_embeds=embeds,
+                                    negative_image_embeds=negative, height=height, width=width,
+                                    num_inference_steps=num_inference_steps, generator=generator,
+                                    guidance_scale=guidance_scale, output_type=output_type, callback=callback,
+                                    callback_steps=callback_steps, return_dict=return_dict)
+        self.maybe_free_model_hooks()
+        return outputs
