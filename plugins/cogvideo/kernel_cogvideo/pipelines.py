@@ -341,6 +341,9 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
     """CogVideoX image-to-video: the first frame's latents (zeros for the other latent frames) are concatenated to
     the noisy latents along the channels at every step; 1.5 models also embed ``ofs = 2``."""
 
+    # its transformer takes twice the latent channels: a text-to-video family load must refuse its folders
+    pipeline_family = "cogvideox-i2v"
+
     def _prepare(self, call: SimpleNamespace) -> None:
         if call.image is None:
             raise ValueError("image is required: a PIL image, an array or a tensor (the first frame)")

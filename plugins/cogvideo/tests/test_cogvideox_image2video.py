@@ -79,3 +79,23 @@ def test_bad_inputs(kw, match):
     pipe, _ = _pipes("5b")
     with pytest.raises(ValueError, match=match):
         pipe(**_args(**kw))
+
+
+def test_folders_both_ways_and_family(tmp_path):
+    import kernel
+    from kernel.loading import CheckpointMismatchError
+
+    pipe, ref = _pipes("5b")
+    ref.save_pretrained(tmp_path / "ref")
+    pipe.save_pretrained(tmp_path / "ours")
+    loaded = kernel.load(str(tmp_path / "ref"))
+    assert isinstance(loaded, CogVideoXImageToVideoPipeline)
+    assert isinstance(kernel.load("cogvideox-i2v", str(tmp_path / "ref")), CogVideoXImageToVideoPipeline)
+    with pytest.raises(CheckpointMismatchError, match="CogVideoXImageToVideoPipeline"):
+        kernel.load("cogvideox", str(tmp_path / "ref"))
+    back = diffusers.CogVideoXImageToVideoPipeline.from_pretrained(tmp_path / "ours")
+    args = _args()
+    expected = ref(**args, generator=torch.Generator().manual_seed(0)).frames
+    for other in (loaded, back):
+        torch.testing.assert_close(other(**args, generator=torch.Generator().manual_seed(0)).frames, expected,
+                                   atol=ATOL, rtol=0)
