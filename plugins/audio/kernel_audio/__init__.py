@@ -1,5 +1,5 @@
 """Audio for kernel: ``.wav`` export, :class:`AudioPipelineOutput`, and the AudioLDM / MusicLDM
-text-to-audio pipelines (latent diffusion over mel spectrograms, a HiFi-GAN vocoder to waveforms)."""
+text-to-audio pipelines, AudioLDM 2 (latent diffusion over mel spectrograms, a HiFi-GAN vocoder to waveforms)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ _LAZY: dict[str, str] = {
     "AudioLDMPipeline": "kernel_audio.ldm",
     "MusicLDMPipeline": "kernel_audio.ldm",
     "MelLatentDiffusionPipeline": "kernel_audio.ldm",
+    "AudioLDM2Pipeline": "kernel_audio.audioldm2",
+    "AudioLDM2ProjectionModel": "kernel_audio.unet_audioldm2",
+    "AudioLDM2ProjectionModelOutput": "kernel_audio.unet_audioldm2",
+    "AudioLDM2UNet2DConditionModel": "kernel_audio.unet_audioldm2",
 }
 
 __all__ = ["AudioPipelineOutput", "export_to_wav", *_LAZY]
