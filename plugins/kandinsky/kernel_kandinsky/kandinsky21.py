@@ -16,11 +16,12 @@ import logging
 from types import SimpleNamespace
 from typing import Any, Callable
 
+import PIL.Image
 import torch
 
 from kernel.engine import Conditioning
 
-from kernel_kandinsky.decoder import KandinskyV22DecoderBase
+from kernel_kandinsky.decoder import KandinskyV22DecoderBase, KandinskyV22Img2ImgPipeline
 from kernel_kandinsky.outputs import KandinskyPriorPipelineOutput
 from kernel_kandinsky.prior import KandinskyV22PriorPipeline, _prompt_list
 
@@ -164,6 +165,59 @@ class KandinskyPipeline(_DiffusersIndexNames, KandinskyV22DecoderBase):
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
+        return_dict: bool = True,
+    ):
+        return self._generate(locals())
+
+
+#: The noise schedule 2.1's image-to-image noises the image latents with, whatever the scheduler: linear betas
+#: from 1e-4 to 0.02 over 1000 steps.
+_IMG2IMG_BETAS = (0.0001, 0.02, 1000)
+
+
+def _noise_to(latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+    """``latents`` noised to ``timestep`` of :data:`_IMG2IMG_BETAS`'s schedule (the forward process)."""
+    start, end, count = _IMG2IMG_BETAS
+    alpha_bar = torch.cumprod(1.0 - torch.linspace(start, end, count, dtype=torch.float32), dim=0)[timestep]
+    alpha_bar = alpha_bar.to(device=latents.device, dtype=latents.dtype)
+    return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+
+
+class KandinskyImg2ImgPipeline(KandinskyPipeline, KandinskyV22Img2ImgPipeline):
+    """Image-to-image with the 2.1 decoder: the image's MoVQ latents are noised, then denoised from ``strength``.
+
+    As in Diffusers, the start latents are noised to timestep ``int(num_train_timesteps * strength) - 2`` of a
+    fixed linear schedule (:data:`_IMG2IMG_BETAS`), not of the scheduler's, and ``output_type="pt"`` is in
+    [0, 1].  ``height`` and ``width`` are the size the image is resized to.
+    """
+
+    def _image2image(self, call: SimpleNamespace, cond: Conditioning, timesteps: torch.Tensor):
+        timestep = int(self.scheduler.config.num_train_timesteps * call.strength) - 2
+        if timestep < 0:
+            raise ValueError(f"strength={call.strength} is too small: it must reach at least 2 training timesteps "
+                             f"(strength >= {2 / self.scheduler.config.num_train_timesteps})")
+        pixels = self._preprocess_image(call)
+        init = self._image_latents(call, pixels, per_generator=False) * self.scheduler.init_noise_sigma
+        return _noise_to(init, self._noise(call, init.shape), timestep), None, ()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: torch.Tensor | PIL.Image.Image | list,
+        image_embeds: torch.Tensor | list[torch.Tensor],
+        negative_image_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 100,
+        strength: float = 0.3,
+        guidance_scale: float = 7.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str | None = "pil",
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         callback_steps: int = 1,

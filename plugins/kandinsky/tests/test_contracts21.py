@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+import PIL.Image
 import torch
 
 import kernel
@@ -48,6 +50,22 @@ class TestKandinskyPipelineContracts(PipelineContract):
     contract_options = {"output_types": ("pil", "np", "pt")}
 
 
+def _image(batch_size):
+    rng = np.random.RandomState(batch_size)
+    return [PIL.Image.fromarray((rng.rand(32, 32, 3) * 255).astype(np.uint8)) for _ in range(batch_size)]
+
+
+def img2img_inputs(pipe, batch_size, generator):
+    return dict(decoder_inputs(pipe, batch_size, generator), image=_image(batch_size), num_inference_steps=4,
+                strength=0.5)
+
+
+class TestKandinskyImg2ImgPipelineContracts(PipelineContract):
+    component = staticmethod(lambda: _ours(decoder21_pipes, "KandinskyImg2ImgPipeline"))
+    contract_inputs = staticmethod(img2img_inputs)
+    contract_options = {"output_types": ("pil", "np", "pt")}
+
+
 def combined_inputs(pipe, batch_size, generator):
     return dict(prior_inputs(pipe, batch_size, generator), **SIZE, prior_num_inference_steps=2)
 
@@ -67,4 +85,5 @@ def test_multilingual_clip_by_name_has_the_checkpoint_layout():
 
 
 # The registered names the classes and test above cover.
-CONTRACT_COVERS = ["MultilingualCLIP", "KandinskyPriorPipeline", "KandinskyPipeline", "KandinskyCombinedPipeline"]
+CONTRACT_COVERS = ["MultilingualCLIP", "KandinskyPriorPipeline", "KandinskyPipeline", "KandinskyCombinedPipeline",
+                   "KandinskyImg2ImgPipeline"]
