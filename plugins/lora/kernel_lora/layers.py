@@ -1,7 +1,10 @@
 """LoRA layers in a model, through peft: inject, weigh, switch, merge, remove.
 
-peft (``inject_adapter_in_model`` / ``set_peft_model_state_dict``) builds and holds the layers;
-this module adds what a pipeline needs around them: one adapter's exact per-layer ranks and alphas,
+peft's layer classes hold the adapters.  :func:`inject` builds them with peft's per-layer dispatch for
+exactly the layers a LoRA names (empty, then given its tensors), instead of peft's model-level
+``inject_adapter_in_model`` + ``set_peft_model_state_dict``, which walk the whole model several times
+and initialise weights only to overwrite them (that path stays, for tensor-parallel base layers).
+This module adds what a pipeline needs around them: one adapter's exact per-layer ranks and alphas,
 activation and weights by name, and removal that gives back the original modules (the same
 ``nn.Linear`` objects, so weights and state-dict keys are exactly as before).
 """
@@ -108,8 +111,11 @@ def inject(model: nn.Module, adapter_name: str, layers: Mapping[str, LoraWeight]
 
 
 def _needs_peft_model(model: nn.Module, reference: Mapping[str, nn.Module]) -> bool:
-    """Whether peft's model-level injection must be used: it adds tensor-parallel hooks, the direct path does not."""
-    if getattr(model, "_tp_size", None):
+    """Whether peft's model-level injection must be used: it adds tensor-parallel hooks, the direct path does not
+    (nor does it know a peft without the per-layer helpers it calls)."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    if getattr(model, "_tp_size", None) or not hasattr(LoraLayer, "_get_base_layer_device_and_dtype"):
         return True
     return any(getattr(m, "_hf_tp_plan", None) is not None for m in reference.values())
 

@@ -163,7 +163,10 @@ def test_tensor_parallel_base_layers_take_peft_model_injection(monkeypatch):
     layers.inject(model, "a", fitted, modules)
     next(iter(modules.values()))._hf_tp_plan = "colwise"
     layers.inject(model, "b", fitted, modules)
-    assert calls == ["direct", "b"]
+    del next(iter(modules.values()))._hf_tp_plan
+    layers.inject(model, "c", fitted, modules, through_peft_model=True)
+    layers.inject(model, "d", fitted, modules)
+    assert calls == ["direct", "b", "c", "direct"]
 
 
 def test_a_weight_of_the_wrong_shape_is_refused():
