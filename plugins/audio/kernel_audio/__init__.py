@@ -1,5 +1,5 @@
-"""Audio for kernel: ``.wav`` export, :class:`AudioPipelineOutput`, and the AudioLDM / MusicLDM
-text-to-audio pipelines, AudioLDM 2 (latent diffusion over mel spectrograms, a HiFi-GAN vocoder to waveforms)."""
+"""Audio for kernel: ``.wav`` export, :class:`AudioPipelineOutput`, and the AudioLDM / MusicLDM / AudioLDM 2
+text-to-audio pipelines (latent diffusion over mel spectrograms, a HiFi-GAN vocoder to waveforms)."""
 
 from __future__ import annotations
 

@@ -73,11 +73,16 @@ class AudioLDM2Pipeline(MelLatentDiffusionPipeline):
             _check_states(name, getattr(call, name), 3, "(batch, tokens, T5 width)")
         for name in ("generated_prompt_embeds", "negative_generated_prompt_embeds"):
             _check_states(name, getattr(call, name), 3, "(batch, new tokens, GPT-2 width)")
-        for mask, states in (("attention_mask", "prompt_embeds"), ("negative_attention_mask", "negative_prompt_embeds")):
+        pairs = (("attention_mask", "prompt_embeds"), ("negative_attention_mask", "negative_prompt_embeds"))
+        for mask, states in pairs:
             m, s = getattr(call, mask), getattr(call, states)
             if m is not None and (s is None or not isinstance(m, torch.Tensor) or tuple(m.shape) != tuple(s.shape[:2])):
                 raise ValueError(f"{mask} must be a (batch, tokens) tensor matching {states}"
                                  + ("" if s is not None else f", and is only read with {states}"))
+        pos, neg = call.prompt_embeds, call.negative_prompt_embeds
+        if pos is not None and neg is not None and pos.shape != neg.shape:
+            raise ValueError(f"prompt_embeds {tuple(pos.shape)} and negative_prompt_embeds {tuple(neg.shape)} must "
+                             "have the same shape (pad the T5 states to the same length)")
         gen, neg_gen = call.generated_prompt_embeds, call.negative_generated_prompt_embeds
         if gen is not None and neg_gen is not None and gen.shape != neg_gen.shape:
             raise ValueError(f"generated_prompt_embeds {tuple(gen.shape)} and negative_generated_prompt_embeds "
