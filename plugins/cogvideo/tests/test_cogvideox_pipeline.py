@@ -159,3 +159,15 @@ def test_fused_qkv_projections_give_the_same_video():
         pipe.unfuse_qkv_projections()
     assert not hasattr(pipe.transformer.transformer_blocks[0].attn1, "to_qkv")
     torch.testing.assert_close(fused, before, atol=1e-5, rtol=0)
+
+
+def test_videos_per_prompt_with_given_embeds():
+    pipe, _ = _pipes("rotary")
+    embeds, neg = pipe.encode_prompt("a cat", "dog", max_sequence_length=16)
+    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
+    out = pipe(**_args(prompt=None, prompt_embeds=embeds, negative_prompt_embeds=neg, num_videos_per_prompt=2),
+               generator=gens).frames
+    alone = pipe(**_args(prompt=None, prompt_embeds=embeds, negative_prompt_embeds=neg),
+                 generator=torch.Generator().manual_seed(1)).frames
+    assert out.shape[0] == 2
+    torch.testing.assert_close(out[1:], alone, atol=1e-5, rtol=0)

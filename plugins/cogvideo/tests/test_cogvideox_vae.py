@@ -104,3 +104,19 @@ def test_bad_inputs():
         AutoencoderKLCogVideoX(**{**fx.VAE, "down_block_types": ("DownEncoderBlock2D",) * 4})
     with pytest.raises(ValueError, match="same length"):
         AutoencoderKLCogVideoX(**{**fx.VAE, "block_out_channels": (8, 8)})
+
+
+def test_large_input_conv_chunking_is_exact(monkeypatch):
+    import kernel_cogvideo.autoencoder as ae
+
+    _, ours = _pair()
+    x = _video(9, batch=1)
+    with torch.no_grad():
+        whole = ours(x).sample
+        monkeypatch.setattr(ae, "_SAFE_CONV_GIB", 1e-5)  # the full-size conv inputs count as "large": split in time
+        splits = []
+        real_chunk = torch.chunk
+        monkeypatch.setattr(torch, "chunk", lambda t, n, dim=0: (dim == 2 and splits.append(n)) or real_chunk(t, n, dim=dim))
+        chunked = ours(x).sample
+    assert any(n > 1 for n in splits)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)

@@ -79,3 +79,10 @@ def test_bad_inputs(kw, match):
     pipe, _ = _pipes()
     with pytest.raises(ValueError, match=match):
         pipe(**_args(**kw))
+
+
+def test_videos_must_fit_the_batch():
+    pipe, _ = _pipes()
+    two = torch.rand(2, 9, 3, fx.SIZE, fx.SIZE)  # two videos, frames first
+    with pytest.raises(ValueError, match="got 2 videos for a batch of 3"):
+        pipe(**_args(video=two, prompt=["a", "b", "c"]))
