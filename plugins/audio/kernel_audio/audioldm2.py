@@ -17,9 +17,10 @@ from typing import Any, Callable
 import torch
 
 from kernel.engine import Conditioning
+from kernel.pipeline_utils import check_output_type, check_prompts
 
 from kernel_audio.clap import clap_text_embeds, negative_texts
-from kernel_audio.ldm import MelLatentDiffusionPipeline, _positive_int
+from kernel_audio.ldm import OUTPUT_TYPES, MelLatentDiffusionPipeline, _positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,37 @@ def _check_states(name: str, value: Any, ndim: int, what: str) -> None:
     if not isinstance(value, torch.Tensor) or value.ndim != ndim:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(f"{name} must be a {what} tensor, got {got}")
+
+
+def _check_embeddings(call: SimpleNamespace) -> None:
+    """The precomputed T5 / GPT-2 states and masks: given together, of the right ranks and shapes."""
+    if call.prompt is None and (call.prompt_embeds is None or call.generated_prompt_embeds is None):
+        raise ValueError("pass prompt, or both prompt_embeds (T5 states) and generated_prompt_embeds (GPT-2 "
+                         "states)")
+    if call.negative_prompt_embeds is not None and call.negative_generated_prompt_embeds is None:
+        raise ValueError("negative_prompt_embeds needs negative_generated_prompt_embeds as well")
+    if call.prompt is not None and call.generated_prompt_embeds is not None:
+        raise ValueError("pass either prompt or generated_prompt_embeds, not both")
+    if call.negative_prompt is not None and call.negative_generated_prompt_embeds is not None:
+        raise ValueError("pass either negative_prompt or negative_generated_prompt_embeds, not both")
+    for name in ("prompt_embeds", "negative_prompt_embeds"):
+        _check_states(name, getattr(call, name), 3, "(batch, tokens, T5 width)")
+    for name in ("generated_prompt_embeds", "negative_generated_prompt_embeds"):
+        _check_states(name, getattr(call, name), 3, "(batch, new tokens, GPT-2 width)")
+    pairs = (("attention_mask", "prompt_embeds"), ("negative_attention_mask", "negative_prompt_embeds"))
+    for mask, states in pairs:
+        m, s = getattr(call, mask), getattr(call, states)
+        if m is not None and (s is None or not isinstance(m, torch.Tensor) or tuple(m.shape) != tuple(s.shape[:2])):
+            raise ValueError(f"{mask} must be a (batch, tokens) tensor matching {states}"
+                             + ("" if s is not None else f", and is only read with {states}"))
+    pos, neg = call.prompt_embeds, call.negative_prompt_embeds
+    if pos is not None and neg is not None and pos.shape != neg.shape:
+        raise ValueError(f"prompt_embeds {tuple(pos.shape)} and negative_prompt_embeds {tuple(neg.shape)} must "
+                         "have the same shape (pad the T5 states to the same length)")
+    gen, neg_gen = call.generated_prompt_embeds, call.negative_generated_prompt_embeds
+    if gen is not None and neg_gen is not None and gen.shape != neg_gen.shape:
+        raise ValueError(f"generated_prompt_embeds {tuple(gen.shape)} and negative_generated_prompt_embeds "
+                         f"{tuple(neg_gen.shape)} must have the same shape")
 
 
 class AudioLDM2Pipeline(MelLatentDiffusionPipeline):
@@ -60,52 +92,23 @@ class AudioLDM2Pipeline(MelLatentDiffusionPipeline):
         if call.transcription is not None:
             raise ValueError("transcription is only read by the text-to-speech checkpoints (a VITS text_encoder_2), "
                              "which are not supported here; leave it None")
-        if call.prompt is None and (call.prompt_embeds is None or call.generated_prompt_embeds is None):
-            raise ValueError("pass prompt, or both prompt_embeds (T5 states) and generated_prompt_embeds (GPT-2 "
-                             "states)")
-        if call.negative_prompt_embeds is not None and call.negative_generated_prompt_embeds is None:
-            raise ValueError("negative_prompt_embeds needs negative_generated_prompt_embeds as well")
-        if call.prompt is not None and call.generated_prompt_embeds is not None:
-            raise ValueError("pass either prompt or generated_prompt_embeds, not both")
-        if call.negative_prompt is not None and call.negative_generated_prompt_embeds is not None:
-            raise ValueError("pass either negative_prompt or negative_generated_prompt_embeds, not both")
-        for name in ("prompt_embeds", "negative_prompt_embeds"):
-            _check_states(name, getattr(call, name), 3, "(batch, tokens, T5 width)")
-        for name in ("generated_prompt_embeds", "negative_generated_prompt_embeds"):
-            _check_states(name, getattr(call, name), 3, "(batch, new tokens, GPT-2 width)")
-        pairs = (("attention_mask", "prompt_embeds"), ("negative_attention_mask", "negative_prompt_embeds"))
-        for mask, states in pairs:
-            m, s = getattr(call, mask), getattr(call, states)
-            if m is not None and (s is None or not isinstance(m, torch.Tensor) or tuple(m.shape) != tuple(s.shape[:2])):
-                raise ValueError(f"{mask} must be a (batch, tokens) tensor matching {states}"
-                                 + ("" if s is not None else f", and is only read with {states}"))
-        pos, neg = call.prompt_embeds, call.negative_prompt_embeds
-        if pos is not None and neg is not None and pos.shape != neg.shape:
-            raise ValueError(f"prompt_embeds {tuple(pos.shape)} and negative_prompt_embeds {tuple(neg.shape)} must "
-                             "have the same shape (pad the T5 states to the same length)")
-        gen, neg_gen = call.generated_prompt_embeds, call.negative_generated_prompt_embeds
-        if gen is not None and neg_gen is not None and gen.shape != neg_gen.shape:
-            raise ValueError(f"generated_prompt_embeds {tuple(gen.shape)} and negative_generated_prompt_embeds "
-                             f"{tuple(neg_gen.shape)} must have the same shape")
+        _check_embeddings(call)
         n = call.max_new_tokens
         if n is None:
             n = getattr(self.language_model.config, "max_new_tokens", None) or DEFAULT_NEW_TOKENS
         if not _positive_int(n):
             raise ValueError(f"max_new_tokens must be a positive int (GPT-2 steps), got {n!r}")
         call.max_new_tokens = int(n)
-        # The shared checks (counts, output type, callback steps, prompt / embeddings exclusivity, lengths).
-        self._shared_prepare(call)
-
-    def _shared_prepare(self, call: SimpleNamespace) -> None:
-        # MelLatentDiffusionPipeline._prepare checks CLAP vectors (2-D); here the embeddings are sequences,
-        # checked above, so hide them from that check and restore them.
-        saved = call.prompt_embeds, call.negative_prompt_embeds
-        call.prompt_embeds = None if saved[0] is None else saved[0][:, 0]
-        call.negative_prompt_embeds = None if saved[1] is None else saved[1][:, 0]
-        try:
-            super()._prepare(call)
-        finally:
-            call.prompt_embeds, call.negative_prompt_embeds = saved
+        n = call.num_waveforms_per_prompt
+        if not _positive_int(n):
+            raise ValueError(f"num_waveforms_per_prompt must be a positive int (waveforms per prompt), got {n!r}")
+        call.num_images_per_prompt = int(n)  # the engine's name for the per-prompt count
+        check_output_type(call.output_type, OUTPUT_TYPES)
+        if not _positive_int(call.callback_steps):
+            raise ValueError(f"callback_steps must be a positive int, got {call.callback_steps!r}")
+        check_prompts({"prompt": call.prompt}, call.prompt_embeds, {"negative_prompt": call.negative_prompt},
+                      call.negative_prompt_embeds)
+        self._audio_length(call)
 
     # ---------------------------------------------------------------- text
     def generate_language_model(self, inputs_embeds: torch.Tensor, max_new_tokens: int = DEFAULT_NEW_TOKENS,
