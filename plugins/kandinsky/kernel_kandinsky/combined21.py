@@ -6,25 +6,30 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import PIL.Image
 import torch
 
 from kernel.pipeline import DiffusionPipeline
 
 from kernel_kandinsky.combined import _tile
-from kernel_kandinsky.kandinsky21 import KandinskyPipeline, KandinskyPriorPipeline, _DiffusersIndexNames
+from kernel_kandinsky.kandinsky21 import (
+    KandinskyImg2ImgPipeline,
+    KandinskyPipeline,
+    KandinskyPriorPipeline,
+    _DiffusersIndexNames,
+)
 
 
-class KandinskyCombinedPipeline(_DiffusersIndexNames, DiffusionPipeline):
-    """Text-to-image with Kandinsky 2.1: prompt -> prior image embedding -> decoder (which reads the prompt too).
-
-    As in Diffusers, ``negative_prompt`` steers the prior only, ``latents`` are the prior's, and the decoder
-    gets the prompt list repeated whole (not per image) up to the prior's ``num_images_per_prompt`` rows.
-    """
+class _KandinskyCombined(_DiffusersIndexNames, DiffusionPipeline):
+    """The two stages over shared components.  As in Diffusers, ``negative_prompt`` steers the prior only,
+    ``latents`` are the prior's, and the decoder gets the prompt list repeated whole (not per image) up to the
+    prior's ``num_images_per_prompt`` rows."""
 
     pipeline_family = "kandinsky"
     model_cpu_offload_seq = "text_encoder->unet->movq->prior_prior->prior_image_encoder->prior_text_encoder"
     _load_connected_pipes = True
     _exclude_from_cpu_offload = ["prior_prior"]
+    _decoder_class: type = KandinskyPipeline
 
     def __init__(self, text_encoder, tokenizer, unet, scheduler, movq, prior_prior, prior_image_encoder,
                  prior_text_encoder, prior_tokenizer, prior_scheduler, prior_image_processor) -> None:
@@ -35,13 +40,26 @@ class KandinskyCombinedPipeline(_DiffusersIndexNames, DiffusionPipeline):
         self.prior_pipe = KandinskyPriorPipeline(prior=prior_prior, image_encoder=prior_image_encoder,
                                                  text_encoder=prior_text_encoder, tokenizer=prior_tokenizer,
                                                  scheduler=prior_scheduler, image_processor=prior_image_processor)
-        self.decoder_pipe = KandinskyPipeline(text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        self.decoder_pipe = self._decoder_class(text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                               scheduler=scheduler, movq=movq)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         super().set_progress_bar_config(**kwargs)
         self.prior_pipe.set_progress_bar_config(**kwargs)
         self.decoder_pipe.set_progress_bar_config(**kwargs)
+
+    def _prior(self, prompt, negative_prompt, num_images_per_prompt, steps, generator, latents, guidance_scale):
+        """``(image_embeds, negative_image_embeds, prompts)``: the prompts tiled to the embeddings' rows."""
+        embeds, negative = self.prior_pipe(prompt=prompt, negative_prompt=negative_prompt,
+                                           num_images_per_prompt=num_images_per_prompt, num_inference_steps=steps,
+                                           generator=generator, latents=latents, guidance_scale=guidance_scale,
+                                           output_type="pt", return_dict=False)
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        return embeds, negative, _tile(prompts, embeds.shape[0])
+
+
+class KandinskyCombinedPipeline(_KandinskyCombined):
+    """Text-to-image with Kandinsky 2.1: prompt -> prior image embedding -> decoder (which reads the prompt too)."""
 
     @torch.no_grad()
     def __call__(
@@ -62,14 +80,47 @@ class KandinskyCombinedPipeline(_DiffusersIndexNames, DiffusionPipeline):
         callback_steps: int = 1,
         return_dict: bool = True,
     ):
-        embeds, negative = self.prior_pipe(prompt=prompt, negative_prompt=negative_prompt,
-                                           num_images_per_prompt=num_images_per_prompt,
-                                           num_inference_steps=prior_num_inference_steps, generator=generator,
-                                           latents=latents, guidance_scale=prior_guidance_scale, output_type="pt",
-                                           return_dict=False)
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        outputs = self.decoder_pipe(prompt=_tile(prompts, embeds.shape[0]), image_embeds=embeds,
-                                    negative_image_embeds=negative, height=height, width=width,
+        embeds, negative, prompts = self._prior(prompt, negative_prompt, num_images_per_prompt,
+                                                prior_num_inference_steps, generator, latents, prior_guidance_scale)
+        outputs = self.decoder_pipe(prompt=prompts, image_embeds=embeds, negative_image_embeds=negative,
+                                    height=height, width=width, num_inference_steps=num_inference_steps,
+                                    generator=generator, guidance_scale=guidance_scale, output_type=output_type,
+                                    callback=callback, callback_steps=callback_steps, return_dict=return_dict)
+        self.maybe_free_model_hooks()
+        return outputs
+
+
+class KandinskyImg2ImgCombinedPipeline(_KandinskyCombined):
+    """Image-to-image with Kandinsky 2.1: prior, then :class:`KandinskyImg2ImgPipeline` (a shorter image list
+    is repeated whole up to the embeddings' rows, as the prompts are)."""
+
+    _decoder_class = KandinskyImg2ImgPipeline
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: torch.Tensor | PIL.Image.Image | list,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        strength: float = 0.3,
+        height: int = 512,
+        width: int = 512,
+        prior_guidance_scale: float = 4.0,
+        prior_num_inference_steps: int = 25,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
+        return_dict: bool = True,
+    ):
+        embeds, negative, prompts = self._prior(prompt, negative_prompt, num_images_per_prompt,
+                                                prior_num_inference_steps, generator, latents, prior_guidance_scale)
+        outputs = self.decoder_pipe(prompt=prompts, image=_tile(image, embeds.shape[0]), image_embeds=embeds,
+                                    negative_image_embeds=negative, strength=strength, height=height, width=width,
                                     num_inference_steps=num_inference_steps, generator=generator,
                                     guidance_scale=guidance_scale, output_type=output_type, callback=callback,
                                     callback_steps=callback_steps, return_dict=return_dict)

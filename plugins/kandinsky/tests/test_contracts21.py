@@ -76,6 +76,17 @@ class TestKandinskyCombinedPipelineContracts(PipelineContract):
     contract_options = {"output_types": ("pil", "np", "pt")}
 
 
+def img2img_combined_inputs(pipe, batch_size, generator):
+    return dict(combined_inputs(pipe, batch_size, generator), image=_image(batch_size), num_inference_steps=4,
+                strength=0.5)
+
+
+class TestKandinskyImg2ImgCombinedPipelineContracts(PipelineContract):
+    component = staticmethod(lambda: _ours(combined21_pipes, "KandinskyImg2ImgCombinedPipeline"))
+    contract_inputs = staticmethod(img2img_combined_inputs)
+    contract_options = {"output_types": ("pil", "np", "pt")}
+
+
 def test_multilingual_clip_by_name_has_the_checkpoint_layout():
     cls = kernel.component("MultilingualCLIP")
     model = cls(cls.config_class(**MCLIP))
@@ -86,4 +97,4 @@ def test_multilingual_clip_by_name_has_the_checkpoint_layout():
 
 # The registered names the classes and test above cover.
 CONTRACT_COVERS = ["MultilingualCLIP", "KandinskyPriorPipeline", "KandinskyPipeline", "KandinskyCombinedPipeline",
-                   "KandinskyImg2ImgPipeline"]
+                   "KandinskyImg2ImgPipeline", "KandinskyImg2ImgCombinedPipeline"]
