@@ -112,11 +112,11 @@ class CogVideoXPipeline(DiffusionPipeline):
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative_prompt = negative_prompt or ""
             negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else negative_prompt
-            if prompt is not None and type(prompt) is not type(negatives) and not isinstance(prompt, str):
-                raise TypeError(f"negative_prompt must be a str or a list like prompt, got {type(negative_prompt).__name__}")
-            if not isinstance(negatives, list) or len(negatives) != batch:
-                raise ValueError(f"negative_prompt has {len(negatives) if isinstance(negatives, list) else '?'} "
-                                 f"entries but the prompt batch is {batch}; give one per prompt or a single str")
+            if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
+                raise TypeError(f"negative_prompt must be a str or a list of str, got {type(negative_prompt).__name__}")
+            if len(negatives) != batch:
+                raise ValueError(f"negative_prompt has {len(negatives)} entries but the prompt batch is {batch}; "
+                                 "give one per prompt or a single str")
             negative_prompt_embeds = self._t5_embeds(negatives, num_videos_per_prompt, max_sequence_length, device,
                                                      dtype)
         return prompt_embeds, negative_prompt_embeds
@@ -169,10 +169,12 @@ class CogVideoXPipeline(DiffusionPipeline):
         embeds, neg = self.encode_prompt(call.prompt, call.negative_prompt, negative, call.num_videos_per_prompt,
                                          call.prompt_embeds, call.negative_prompt_embeds, call.max_sequence_length,
                                          call.device)
-        if call.prompt_embeds is not None and call.num_videos_per_prompt > 1:
-            embeds = embeds.repeat_interleave(call.num_videos_per_prompt, dim=0)
-            neg = neg.repeat_interleave(call.num_videos_per_prompt, dim=0) if negative and \
-                call.negative_prompt_embeds is not None else neg
+        # encoded text comes back repeated per video already; given embeddings are repeated here
+        n = call.num_videos_per_prompt
+        if call.prompt_embeds is not None:
+            embeds = embeds.repeat_interleave(n, dim=0)
+        if negative and call.negative_prompt_embeds is not None:
+            neg = neg.repeat_interleave(n, dim=0)
         return Conditioning({"prompt_embeds": embeds}, {"prompt_embeds": neg} if negative else None)
 
     def _latent_shape(self, call: SimpleNamespace) -> tuple[int, ...]:

@@ -171,3 +171,14 @@ def test_videos_per_prompt_with_given_embeds():
                  generator=torch.Generator().manual_seed(1)).frames
     assert out.shape[0] == 2
     torch.testing.assert_close(out[1:], alone, atol=1e-5, rtol=0)
+
+
+def test_negative_embeds_with_text_prompt_and_videos_per_prompt():
+    pipe, _ = _pipes("rotary")
+    _, neg = pipe.encode_prompt("a cat", "dog", max_sequence_length=16)
+    out = pipe(**_args(negative_prompt_embeds=neg, num_videos_per_prompt=2),
+               generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]).frames
+    same = pipe(**_args(negative_prompt="dog"), generator=torch.Generator().manual_seed(0)).frames
+    torch.testing.assert_close(out[:1], same, atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="negative_prompt must be a str or a list of str"):
+        pipe(**_args(negative_prompt=[3]))
