@@ -105,3 +105,22 @@ def test_bad_inputs():
         t15(**{**_inputs("patch_t", batch=1), "ofs": None})
     with pytest.raises(ValueError, match="grid_type"):
         get_3d_rotary_pos_embed(16, None, (2, 2), 2, grid_type="cubic")
+
+
+def test_attention_switches_keep_the_cogvideox_processor():
+    _, ours = _pair("rotary")
+    kw = _inputs("rotary")
+    with torch.no_grad():
+        expected = ours(**kw).sample
+        for switch in (lambda: ours.set_attention_backend("math"), lambda: ours.set_attention_slice(1),
+                       ours.fuse_qkv_projections):
+            switch()
+            assert type(ours.transformer_blocks[0].attn1.processor).__name__ == "CogVideoXAttnProcessor"
+            torch.testing.assert_close(ours(**kw).sample, expected, atol=1e-5, rtol=0)
+    ours.unfuse_qkv_projections()
+    ours.train()
+    ours.enable_gradient_checkpointing()
+    out = ours(**kw).sample
+    torch.testing.assert_close(out.detach(), expected, atol=1e-5, rtol=0)
+    out.mean().backward()
+    assert ours.proj_out.weight.grad.abs().sum() > 0
