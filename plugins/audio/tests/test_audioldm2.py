@@ -229,6 +229,14 @@ def test_two_waveforms_per_prompt_are_ranked(pipes):
     assert all(np.abs(plain[j] - row).max() < 1e-6 for j, row in zip(match, b))
 
 
+def test_no_guidance_and_scheduler_swap():
+    ref, ours = _pipes(sched="DPMSolverMultistepScheduler")
+    a, b = _both(ref, ours, guidance_scale=1.0)
+    _check(a, b)
+    a, b = _both(ref, ours, num_inference_steps=3)
+    _check(a, b)
+
+
 def test_embeddings_and_max_new_tokens(pipes):
     ref, ours = pipes
     with torch.no_grad():
