@@ -12,7 +12,7 @@ from diffusers.pipelines.audioldm2.modeling_audioldm2 import (
 
 import audio_fixtures as fx
 
-# Diffusers' own AudioLDM 2 test sizes: a self-attention slot, then GPT-2 (16) and T5 (32) contexts.
+# Sized like Diffusers' own AudioLDM 2 tests: a self-attention slot, then GPT-2 (16) and T5 (32) contexts.
 UNET = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=32, in_channels=4,
             out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=([None, 16, 32], [None, 16, 32]),
