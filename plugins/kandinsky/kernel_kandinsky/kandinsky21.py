@@ -21,7 +21,7 @@ import torch
 
 from kernel.engine import Conditioning
 
-from kernel_kandinsky.decoder import KandinskyV22DecoderBase, KandinskyV22Img2ImgPipeline
+from kernel_kandinsky.decoder import KandinskyV22DecoderBase, KandinskyV22Img2ImgPipeline, KandinskyV22InpaintPipeline
 from kernel_kandinsky.outputs import KandinskyPriorPipelineOutput
 from kernel_kandinsky.prior import KandinskyV22PriorPipeline, _prompt_list
 
@@ -218,6 +218,44 @@ class KandinskyImg2ImgPipeline(KandinskyPipeline, KandinskyV22Img2ImgPipeline):
         guidance_scale: float = 7.0,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str | None = "pil",
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
+        return_dict: bool = True,
+    ):
+        return self._generate(locals())
+
+
+class KandinskyInpaintPipeline(KandinskyPipeline, KandinskyV22InpaintPipeline):
+    """Inpainting with the 2.1 decoder: a 9-channel UNet reads ``[latents, masked image latents, keep mask]``.
+
+    The image and mask are prepared as in 2.2 (white in ``mask_image`` is repainted), but, as in Diffusers'
+    2.1, the known region is not pasted back between steps nor at the end: the UNet alone keeps it.
+    """
+
+    def _inpainting(self, call: SimpleNamespace, cond: Conditioning, timesteps: torch.Tensor):
+        latents, _paste_known, extras = super()._inpainting(call, cond, timesteps)
+        return latents, None, extras
+
+    def _decode(self, latents: torch.Tensor, call: SimpleNamespace):
+        return KandinskyV22DecoderBase._decode(self, latents, call)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: torch.Tensor | PIL.Image.Image,
+        mask_image: torch.Tensor | PIL.Image.Image | Any,
+        image_embeds: torch.Tensor | list[torch.Tensor],
+        negative_image_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str | None = "pil",
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         callback_steps: int = 1,

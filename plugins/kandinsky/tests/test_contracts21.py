@@ -24,8 +24,8 @@ PROMPTS = ("a photo of a cat", "The Dog ", "a red house")
 
 
 @functools.lru_cache(maxsize=None)
-def _ours(builder, *args):
-    return builder(*args)[1]
+def _ours(builder, *args, **kwargs):
+    return builder(*args, **kwargs)[1]
 
 
 def prior_inputs(pipe, batch_size, generator):
@@ -66,6 +66,19 @@ class TestKandinskyImg2ImgPipelineContracts(PipelineContract):
     contract_options = {"output_types": ("pil", "np", "pt")}
 
 
+def inpaint_inputs(pipe, batch_size, generator):
+    mask = np.zeros((32, 32), dtype=np.float32)
+    mask[:16] = 1
+    return dict(decoder_inputs(pipe, batch_size, generator), image=_image(batch_size), mask_image=[mask] * batch_size)
+
+
+class TestKandinskyInpaintPipelineContracts(PipelineContract):
+    component = staticmethod(lambda: _ours(decoder21_pipes, "KandinskyInpaintPipeline",
+                                           unet_over=(("in_channels", 9),)))
+    contract_inputs = staticmethod(inpaint_inputs)
+    contract_options = {"output_types": ("pil", "np", "pt")}
+
+
 def combined_inputs(pipe, batch_size, generator):
     return dict(prior_inputs(pipe, batch_size, generator), **SIZE, prior_num_inference_steps=2)
 
@@ -97,4 +110,5 @@ def test_multilingual_clip_by_name_has_the_checkpoint_layout():
 
 # The registered names the classes and test above cover.
 CONTRACT_COVERS = ["MultilingualCLIP", "KandinskyPriorPipeline", "KandinskyPipeline", "KandinskyCombinedPipeline",
-                   "KandinskyImg2ImgPipeline", "KandinskyImg2ImgCombinedPipeline"]
+                   "KandinskyImg2ImgPipeline", "KandinskyImg2ImgCombinedPipeline",
+                   "KandinskyInpaintPipeline"]
