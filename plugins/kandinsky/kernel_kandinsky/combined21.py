@@ -14,6 +14,7 @@ from kernel.pipeline import DiffusionPipeline
 from kernel_kandinsky.combined import _tile
 from kernel_kandinsky.kandinsky21 import (
     KandinskyImg2ImgPipeline,
+    KandinskyInpaintPipeline,
     KandinskyPipeline,
     KandinskyPriorPipeline,
     _DiffusersIndexNames,
@@ -121,6 +122,46 @@ class KandinskyImg2ImgCombinedPipeline(_KandinskyCombined):
                                                 prior_num_inference_steps, generator, latents, prior_guidance_scale)
         outputs = self.decoder_pipe(prompt=prompts, image=_tile(image, embeds.shape[0]), image_embeds=embeds,
                                     negative_image_embeds=negative, strength=strength, height=height, width=width,
+                                    num_inference_steps=num_inference_steps, generator=generator,
+                                    guidance_scale=guidance_scale, output_type=output_type, callback=callback,
+                                    callback_steps=callback_steps, return_dict=return_dict)
+        self.maybe_free_model_hooks()
+        return outputs
+
+
+class KandinskyInpaintCombinedPipeline(_KandinskyCombined):
+    """Inpainting with Kandinsky 2.1: prior, then :class:`KandinskyInpaintPipeline` (image and mask lists
+    shorter than the embeddings' rows are repeated whole; a single PIL mask is taken as a list of one)."""
+
+    _decoder_class = KandinskyInpaintPipeline
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: torch.Tensor | PIL.Image.Image | list,
+        mask_image: torch.Tensor | PIL.Image.Image | list,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        height: int = 512,
+        width: int = 512,
+        prior_guidance_scale: float = 4.0,
+        prior_num_inference_steps: int = 25,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
+        return_dict: bool = True,
+    ):
+        embeds, negative, prompts = self._prior(prompt, negative_prompt, num_images_per_prompt,
+                                                prior_num_inference_steps, generator, latents, prior_guidance_scale)
+        rows = embeds.shape[0]
+        masks = [mask_image] if isinstance(mask_image, PIL.Image.Image) else mask_image
+        outputs = self.decoder_pipe(prompt=prompts, image=_tile(image, rows), mask_image=_tile(masks, rows),
+                                    image_embeds=embeds, negative_image_embeds=negative, height=height, width=width,
                                     num_inference_steps=num_inference_steps, generator=generator,
                                     guidance_scale=guidance_scale, output_type=output_type, callback=callback,
                                     callback_steps=callback_steps, return_dict=return_dict)

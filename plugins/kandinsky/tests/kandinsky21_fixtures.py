@@ -95,12 +95,12 @@ def decoder21_pipes(name: str = "KandinskyPipeline", scheduler: str = "DDIMSched
                                          movq=m_ours))
 
 
-def combined21_pipes(name: str = "KandinskyCombinedPipeline"):
+def combined21_pipes(name: str = "KandinskyCombinedPipeline", unet_over=None):
     """Diffusers' 2.1 combined pipeline and ours over the same weights (prior + decoder)."""
     import kernel
 
     p_ref, p_ours = prior()
-    u_ref, u_ours = unet21()
+    u_ref, u_ours = unet21(**dict(unet_over or {}))
     m_ref, m_ours = movq()
     t_ref, t_ours = mclip()
     s_ref, s_ours = scheduler_pair("DDIMScheduler", **DDIM)

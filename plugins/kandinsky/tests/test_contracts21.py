@@ -100,6 +100,19 @@ class TestKandinskyImg2ImgCombinedPipelineContracts(PipelineContract):
     contract_options = {"output_types": ("pil", "np", "pt")}
 
 
+def inpaint_combined_inputs(pipe, batch_size, generator):
+    mask = np.zeros((32, 32), dtype=np.float32)
+    mask[:16] = 1
+    return dict(combined_inputs(pipe, batch_size, generator), image=_image(batch_size), mask_image=[mask] * batch_size)
+
+
+class TestKandinskyInpaintCombinedPipelineContracts(PipelineContract):
+    component = staticmethod(lambda: _ours(combined21_pipes, "KandinskyInpaintCombinedPipeline",
+                                           unet_over=(("in_channels", 9),)))
+    contract_inputs = staticmethod(inpaint_combined_inputs)
+    contract_options = {"output_types": ("pil", "np", "pt")}
+
+
 def test_multilingual_clip_by_name_has_the_checkpoint_layout():
     cls = kernel.component("MultilingualCLIP")
     model = cls(cls.config_class(**MCLIP))
@@ -111,4 +124,4 @@ def test_multilingual_clip_by_name_has_the_checkpoint_layout():
 # The registered names the classes and test above cover.
 CONTRACT_COVERS = ["MultilingualCLIP", "KandinskyPriorPipeline", "KandinskyPipeline", "KandinskyCombinedPipeline",
                    "KandinskyImg2ImgPipeline", "KandinskyImg2ImgCombinedPipeline",
-                   "KandinskyInpaintPipeline"]
+                   "KandinskyInpaintPipeline", "KandinskyInpaintCombinedPipeline"]
