@@ -23,6 +23,19 @@ use seeds ``seed, seed + 1, ...`` (as the webui does) and are generated one at a
 ``DIR/0001.png``, ..., prompt ``i`` with seed ``--seed + i``.  Started by ``torchrun`` or
 ``accelerate launch`` with several processes, the prompts are shared out between them
 (``kernel-distributed``): each picture is written once, identical to a single-process run.
+
+Video and audio models are written too (see :func:`run_media`):
+
+    kernel generate "a cat walking" --model ./animatediff --frames 16 --fps 8 --out cat.mp4   # or cat.gif
+    kernel generate "rain on a roof" --model ./audioldm --seconds 5 --out rain.wav
+    kernel generate --model ./dance-diffusion --seconds 2 --out beat.wav               # no prompt
+
+A video model (its output has ``.frames``: AnimateDiff, CogVideoX) gives an ``.mp4`` (``kernel-video``,
+PyAV) whose ``comment`` tag holds the parameters text, or a ``.gif`` with it as the GIF comment; an
+audio model (output ``.audios``: AudioLDM, MusicLDM, Stable Audio, Dance Diffusion) gives a 32-bit float
+``.wav`` (``kernel-audio``) at the pipeline's sampling rate, the parameters text in its INFO comment.
+An option the model does not take (``--size`` for audio, ``--sampler`` for a model without a
+scheduler, a prompt for Dance Diffusion, ...) is a clear error.
 """
 
 from __future__ import annotations
@@ -42,6 +55,9 @@ MODELS_GROUP = "kernel.models"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 5.0
+DEFAULT_FPS = 8.0
+KEY_FRAMES, KEY_FPS, KEY_SECONDS, KEY_RATE = "Frames", "FPS", "Seconds", "Sampling rate"
+VIDEO_SUFFIXES, AUDIO_SUFFIXES = (".mp4", ".gif"), (".wav",)
 #: Infotext keys this command writes and reads back (A1111 names where A1111 has one).
 KEY_STEPS, KEY_SAMPLER, KEY_CFG, KEY_SEED, KEY_SIZE, KEY_MODEL, KEY_DTYPE = (
     "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Dtype")
@@ -199,6 +215,9 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-file", dest="batch_file", default=None, metavar="FILE",
                    help="one prompt per line; writes --out DIR/0000.png, ... (prompt i with seed --seed + i); "
                         "shared out between processes under torchrun / accelerate launch")
+    p.add_argument("--frames", type=int, default=None, help="video models: frames to make (num_frames)")
+    p.add_argument("--fps", type=float, default=None, help=f"video models: frames per second of the file (default {DEFAULT_FPS:g})")
+    p.add_argument("--seconds", type=float, default=None, help="audio models: length in seconds (audio_length_in_s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_generate, _parser=p)
     return p
@@ -351,7 +370,9 @@ def run_generate(args: argparse.Namespace) -> int:
             return 0
     if args.from_png:
         apply_infotext(args, given)
-    if jobs is None and not args.prompt:
+    media = args.frames is not None or args.fps is not None or args.seconds is not None or (
+        args.out is not None and args.out.lower().endswith(VIDEO_SUFFIXES + AUDIO_SUFFIXES))
+    if jobs is None and not args.prompt and not media:
         raise ValueError("a prompt is needed: kernel generate \"a red circle at the top left on a white background\"")
     steps = DEFAULT_STEPS if args.steps is None else args.steps
     guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
@@ -375,6 +396,18 @@ def run_generate(args: argparse.Namespace) -> int:
     model_name, source = resolve_model(args.model)
     device, dtype, dtype_name = _device_and_dtype(args.device, args.dtype)
     pipe = _load_pipeline(model_name, source, dtype, device)
+    kind = media_kind(pipe)
+    if kind is not None:
+        if jobs is not None or args.control is not None or batch != 1:
+            flag = "--batch-file" if jobs is not None else "--control" if args.control is not None else "--batch"
+            raise ValueError(f"{flag} is for picture models; --model {model_name!r} makes {kind}")
+        return run_media(args, pipe, kind, model_name=model_name, dtype_name=dtype_name, steps=steps, seed=seed,
+                         guidance=guidance, size=size, given=given)
+    if not args.prompt and jobs is None:
+        raise ValueError("a prompt is needed: kernel generate \"a red circle at the top left on a white background\"")
+    for flag, value in (("--frames", args.frames), ("--fps", args.fps), ("--seconds", args.seconds)):
+        if value is not None:
+            raise ValueError(f"{flag} is for video/audio models; --model {model_name!r} makes pictures")
     factor = _vae_factor(pipe)
     width, height = size or _native_size(pipe)
     if width % factor or height % factor or width <= 0 or height <= 0:
@@ -414,4 +447,192 @@ def run_generate(args: argparse.Namespace) -> int:
     if grid_path is not None:
         grid(images=[im for im, _ in images]).save(grid_path, pnginfo=images[0][1])
         print(grid_path)
+    return 0
+
+
+# ---------------------------------------------------------------------------- video and audio
+def _call_params(pipe) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(pipe.__call__).parameters)
+
+
+def _call_default(pipe, name: str) -> Any:
+    import inspect
+
+    param = inspect.signature(pipe.__call__).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def media_kind(pipe) -> str | None:
+    """``"video"``, ``"audio"`` or None (pictures), from the arguments the pipeline's call takes."""
+    params = _call_params(pipe)
+    if "num_frames" in params:
+        return "video"
+    if "audio_length_in_s" in params or "audio_end_in_s" in params:
+        return "audio"
+    return None
+
+
+def sampling_rate(pipe) -> int:
+    """Samples per second of an audio pipeline's waveform: the vocoder's, the VAE's or the UNet's config."""
+    for name, key in (("vocoder", "sampling_rate"), ("vae", "sampling_rate"), ("unet", "sample_rate")):
+        config = getattr(getattr(pipe, name, None), "config", None)
+        rate = getattr(config, key, None) if config is not None else None
+        if rate is None and isinstance(config, dict):
+            rate = config.get(key)
+        if rate:
+            return int(rate)
+    raise ValueError(f"{type(pipe).__name__}: no sampling rate found (vocoder/vae sampling_rate, unet sample_rate)")
+
+
+def _media_out(out: str | None, kind: str) -> Path:
+    suffixes = VIDEO_SUFFIXES if kind == "video" else AUDIO_SUFFIXES
+    path = Path(out or f"output{suffixes[0]}")
+    if path.is_dir() or (out or "").endswith(("/", "\\")):
+        path = path / f"output{suffixes[0]}"
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"--out must name a {' or '.join(suffixes)} file or a folder for this {kind} model; "
+                         f"got {out!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def media_call(pipe, kind: str, args: argparse.Namespace, *, steps: int, guidance: float,
+               size: tuple[int, int] | None, given: set[str]) -> dict[str, Any]:
+    """The pipeline call's keyword arguments for a video/audio model; an option it does not take is an error."""
+    params = _call_params(pipe)
+    seconds_key = "audio_end_in_s" if "audio_length_in_s" not in params and "audio_end_in_s" in params \
+        else "audio_length_in_s"  # Stable Audio names the length audio_end_in_s
+    wanted = {"prompt": ("a prompt", args.prompt or None), "negative_prompt": ("--negative", args.negative or None),
+              "guidance_scale": ("--guidance", guidance if "guidance" in given else None),
+              "num_frames": ("--frames", args.frames), seconds_key: ("--seconds", args.seconds)}
+    if "prompt" in params and not args.prompt:
+        raise ValueError(f"a prompt is needed: {type(pipe).__name__} makes {kind} from a prompt")
+    if size is not None:
+        wanted["width"], wanted["height"] = ("--size", size[0]), ("--size", size[1])
+    call: dict[str, Any] = {"num_inference_steps": steps}
+    for key, (flag, value) in wanted.items():
+        if value is None:
+            continue
+        if key not in params:
+            raise ValueError(f"{flag} is not taken by {type(pipe).__name__} (--model makes {kind}; "
+                             f"it takes: {', '.join(sorted(p for p in params if p != 'kwargs'))})")
+        call[key] = value
+    if args.fps is not None and kind != "video":
+        raise ValueError(f"--fps is for video models; --model makes {kind}")
+    if args.sampler and getattr(pipe, "scheduler", None) is None:
+        raise ValueError(f"--sampler: {type(pipe).__name__} has no scheduler to replace")
+    if args.frames is not None and args.frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise ValueError(f"--seconds must be a positive number, got {args.seconds}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps must be a positive number, got {args.fps}")
+    return call
+
+
+def render_media(pipe, kind: str, call: dict[str, Any], seed: int):
+    """The first video (list of PIL frames) or waveform (``(C, T)`` array) of the call, seeded on the CPU."""
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.inference_mode():
+        out = pipe(generator=generator, **call)
+    if kind == "video":
+        return out.frames[0]
+    return out.audios[0]
+
+
+def _gif_comment(path: Path, text: str) -> None:
+    """Insert a GIF comment extension (0x21 0xFE) after the header and global colour table."""
+    data = path.read_bytes()
+    flags = data[10]
+    start = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    raw = text.encode("utf-8")
+    blocks = b"".join(bytes([len(raw[i:i + 255])]) + raw[i:i + 255] for i in range(0, len(raw), 255))
+    path.write_bytes(data[:start] + b"\x21\xfe" + blocks + b"\x00" + data[start:])
+
+
+def _mp4_comment(path: Path, text: str) -> None:
+    """Copy the video's packets into a new MP4 whose ``comment`` tag is ``text`` (no re-encoding)."""
+    import av
+
+    tmp = path.with_name(f".{path.stem}.tagging.mp4")
+    try:
+        with av.open(str(path)) as src, av.open(str(tmp), "w", format="mp4") as dst:
+            dst.metadata["comment"] = text
+            stream = src.streams.video[0]
+            copy = dst.add_stream_from_template(stream)
+            for packet in src.demux(stream):
+                if packet.dts is None:
+                    continue
+                packet.stream = copy
+                dst.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_media(kind: str, result, path: Path, text: str, *, fps: float, rate: int | None) -> None:
+    """Write a video (``.mp4`` / ``.gif``) or waveform (``.wav``) with the parameters ``text`` in its metadata."""
+    if kind == "video":
+        import kernel_video
+
+        if path.suffix.lower() == ".gif":
+            kernel_video.export_to_gif(result, str(path), fps=fps)
+            _gif_comment(path, text)
+        else:
+            kernel_video.export_to_video(result, str(path), fps=fps)
+            _mp4_comment(path, text)
+        return
+    import kernel_audio
+    import soundfile
+
+    kernel_audio.export_to_wav(result, str(path), sampling_rate=rate)
+    with soundfile.SoundFile(str(path), "r+") as f:
+        f.comment = text
+
+
+def _need(module: str, package: str, kind: str) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"writing {kind} needs {package} (pip install kernel-generate[{kind}])") from None
+
+
+def run_media(args: argparse.Namespace, pipe, kind: str, *, model_name: str, dtype_name: str, steps: int,
+              seed: int, guidance: float, size: tuple[int, int] | None, given: set[str]) -> int:
+    """``kernel generate`` for a video or audio model: one file, its parameters in its metadata."""
+    if args.from_png:
+        raise ValueError("--from reads PNG parameters; it is for picture models")
+    _need("kernel_video" if kind == "video" else "kernel_audio", f"kernel-{kind}", kind)
+    path = _media_out(args.out, kind)
+    call = media_call(pipe, kind, args, steps=steps, guidance=guidance, size=size, given=given)
+    sampler_name = None
+    if getattr(pipe, "scheduler", None) is not None:
+        sampler_name = args.sampler or type(pipe.scheduler).__name__
+        if args.sampler:
+            import kernel
+
+            pipe.scheduler = kernel.sampler(args.sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=args.no_progress)
+    result = render_media(pipe, kind, call, seed)
+    fps = DEFAULT_FPS if args.fps is None else args.fps
+    rate = sampling_rate(pipe) if kind == "audio" else None
+    cfg = call.get("guidance_scale", _call_default(pipe, "guidance_scale"))
+    params: dict[str, Any] = {KEY_STEPS: steps, KEY_SAMPLER: sampler_name, KEY_CFG: cfg, KEY_SEED: seed}
+    if kind == "video":
+        width, height = result[0].size
+        params.update({KEY_SIZE: f"{width}x{height}", KEY_FRAMES: len(result), KEY_FPS: fps})
+    else:
+        samples = result.shape[-1]
+        params.update({KEY_SECONDS: round(samples / rate, 6), KEY_RATE: rate})
+    params.update({KEY_MODEL: model_name, KEY_DTYPE: dtype_name, "Version": "kernel"})
+    write_media(kind, result, path, format_infotext(args.prompt or "", args.negative or "", params), fps=fps,
+                rate=rate)
+    print(path)
     return 0
