@@ -10,7 +10,6 @@ MusicLDM (:mod:`kernel_audio.ldm`); the loop, guidance and callbacks are the eng
 
 from __future__ import annotations
 
-import logging
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -22,7 +21,6 @@ from kernel.pipeline_utils import check_output_type, check_prompts
 from kernel_audio.clap import clap_text_embeds, negative_texts
 from kernel_audio.ldm import OUTPUT_TYPES, MelLatentDiffusionPipeline, _positive_int
 
-logger = logging.getLogger(__name__)
 
 DEFAULT_NEW_TOKENS = 8
 
@@ -177,20 +175,6 @@ class AudioLDM2Pipeline(MelLatentDiffusionPipeline):
         return self.unet(model_input, timestep, encoder_hidden_states=cond["generated_prompt_embeds"],
                          encoder_hidden_states_1=cond["prompt_embeds"], encoder_attention_mask_1=cond["attention_mask"],
                          cross_attention_kwargs=self._call.cross_attention_kwargs, return_dict=False, **kwargs)[0]
-
-    def _rank(self, waveforms: torch.Tensor, call: SimpleNamespace) -> torch.Tensor:
-        n = call.num_images_per_prompt
-        if n == 1 or call.prompt is None:
-            return waveforms
-        if self.feature_extractor is None or not hasattr(self.text_encoder, "get_audio_features"):
-            logger.info("num_waveforms_per_prompt=%d: the waveforms are not ranked, which needs a ClapModel text "
-                        "encoder and a feature_extractor", n)
-            return waveforms
-        from kernel_audio.ranking import rank_by_clap_score
-
-        return rank_by_clap_score(waveforms, call.prompt, n, tokenizer=self.tokenizer, clap_model=self.text_encoder,
-                                  feature_extractor=self.feature_extractor, sampling_rate=self.sampling_rate,
-                                  device=call.device, dtype=call.dtype)
 
     @torch.no_grad()
     def __call__(

@@ -140,7 +140,20 @@ class MelLatentDiffusionPipeline(DiffusionPipeline):
         return waveforms.numpy() if call.output_type == "np" else waveforms
 
     def _rank(self, waveforms: torch.Tensor, call: SimpleNamespace) -> torch.Tensor:
-        return waveforms
+        """Several waveforms per prompt, best first by CLAP audio-text score (pipelines with a feature_extractor
+        component: MusicLDM, AudioLDM 2); the others keep the drawing order."""
+        n = call.num_images_per_prompt
+        if n == 1 or call.prompt is None or "feature_extractor" not in self._component_names():
+            return waveforms
+        if self.feature_extractor is None or not hasattr(self.text_encoder, "get_audio_features"):
+            logger.info("num_waveforms_per_prompt=%d: the waveforms are not ranked, which needs a ClapModel text "
+                        "encoder and a feature_extractor", n)
+            return waveforms
+        from kernel_audio.ranking import rank_by_clap_score
+
+        return rank_by_clap_score(waveforms, call.prompt, n, tokenizer=self.tokenizer, clap_model=self.text_encoder,
+                                  feature_extractor=self.feature_extractor, sampling_rate=self.sampling_rate,
+                                  device=call.device, dtype=call.dtype)
 
     def _output(self, audios: Any, call: SimpleNamespace):
         if not call.return_dict:
@@ -207,20 +220,6 @@ class MusicLDMPipeline(MelLatentDiffusionPipeline):
     def __init__(self, vae, text_encoder, tokenizer, feature_extractor, unet, scheduler, vocoder) -> None:
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                               feature_extractor=feature_extractor, unet=unet, scheduler=scheduler, vocoder=vocoder)
-
-    def _rank(self, waveforms: torch.Tensor, call: SimpleNamespace) -> torch.Tensor:
-        n = call.num_images_per_prompt
-        if n == 1 or call.prompt is None:
-            return waveforms
-        if self.feature_extractor is None or not hasattr(self.text_encoder, "get_audio_features"):
-            logger.info("num_waveforms_per_prompt=%d: the waveforms are not ranked, which needs a ClapModel text "
-                        "encoder and a feature_extractor", n)
-            return waveforms
-        from kernel_audio.ranking import rank_by_clap_score
-
-        return rank_by_clap_score(waveforms, call.prompt, n, tokenizer=self.tokenizer, clap_model=self.text_encoder,
-                                  feature_extractor=self.feature_extractor, sampling_rate=self.sampling_rate,
-                                  device=call.device, dtype=call.dtype)
 
     @torch.no_grad()
     def __call__(
