@@ -11,7 +11,8 @@ Sections (``--only`` takes their names):
 * ``flux``: Flux-dev-shaped transformer at full width and reduced depth (2 double + 4 single
   blocks), 1024x1024, bf16, eager;
 * ``memory``: the same Flux-shaped transformer resident in bf16, with fp8 layerwise casting, with
-  block-level group offload (weights on the CPU, streamed on a side stream) and as bitsandbytes nf4
+  block-level group offload (weights on the CPU, streamed on a side stream), as GGUF Q4_0 (a
+  city96-style file written in the run, when the gguf package imports) and as bitsandbytes nf4
   (when bitsandbytes imports), ours against Diffusers doing the same: step time and peak memory;
 * ``compile``: the SDXL UNet under ``torch.compile(fullgraph=True)`` and under
   ``compile_repeated_blocks(fullgraph=True)`` (regional), each in a fresh process with an empty
@@ -420,6 +421,7 @@ def section_memory(rep: Report, cfg: dict, device, dtype) -> None:
         pair("fp8 layerwise casting", lambda m, lib: (m.to(device), m.enable_layerwise_casting(
             storage_dtype=fp8, compute_dtype=dtype))[0])
     pair("group offload block_level", lambda m, lib: (m.enable_group_offload(**offload), m)[1])
+    section_memory_gguf(rep, cfg, device, dtype, pair)
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # the GPU machine may lack it: carry its wheel in .whl/
@@ -444,6 +446,62 @@ def section_memory(rep: Report, cfg: dict, device, dtype) -> None:
             return cls.from_pretrained(folder, torch_dtype=dtype, quantization_config=config).to(device)
 
     pair("bitsandbytes nf4", nf4)
+
+
+
+def _write_gguf_q4_0(model, path: Path) -> None:
+    """``model`` (a Flux transformer) as a city96-style GGUF file: BFL's original key names, unprefixed, every
+    2-D weight whose rows fit 32-value blocks in Q4_0 and the rest in float32."""
+    import gguf
+    import numpy as np
+    from kernel_single_file.convert import to_original
+
+    state = to_original("flux-dev", {"transformer": model.state_dict()}, {"transformer": dict(model.config)})
+    writer = gguf.GGUFWriter(str(path), "flux")
+    q4 = gguf.GGMLQuantizationType.Q4_0
+    for key, tensor in state.items():
+        values = tensor.float().cpu().numpy()
+        key = key.removeprefix("model.diffusion_model.")
+        if values.ndim == 2 and key.endswith(".weight") and values.shape[1] % 32 == 0:
+            data = gguf.quants.quantize(values, q4)
+            writer.add_tensor(key, data, raw_shape=data.shape, raw_dtype=q4)
+        else:
+            writer.add_tensor(key, values.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def section_memory_gguf(rep: Report, cfg: dict, device, dtype, pair) -> None:
+    """The GGUF Q4_0 row of ``memory``: one file written from the seeded model, loaded by both libraries with
+    ``from_single_file(file, config=folder, quantization_config=GGUFQuantizationConfig(compute_dtype))``."""
+    import tempfile as _tempfile
+
+    try:
+        import gguf  # noqa: F401
+        from kernel_single_file.convert import to_original  # noqa: F401
+    except Exception as exc:  # the GPU machine may lack the gguf package: carry its wheel in .whl/
+        rep.note(f"GGUF row skipped: {type(exc).__name__}: {str(exc)[:120]}")
+        return
+    with _tempfile.TemporaryDirectory(prefix="kbench-gguf-") as tmp:
+        folder, file = Path(tmp) / "model", Path(tmp) / "flux-Q4_0.gguf"
+        model = build(ours("FluxTransformer2DModel"), cfg["flux"], "cpu", torch.float32)
+        model.save_pretrained(folder)
+        _write_gguf_q4_0(model, file)
+        del model
+
+        def load(_, lib):
+            if lib == "ours":
+                cls, config = ours("FluxTransformer2DModel"), ours("GGUFQuantizationConfig")(compute_dtype=dtype)
+            else:
+                import diffusers
+
+                cls, config = diffusers.FluxTransformer2DModel, diffusers.GGUFQuantizationConfig(compute_dtype=dtype)
+            return cls.from_single_file(str(file), config=str(folder), quantization_config=config,
+                                        torch_dtype=dtype).to(device)
+
+        pair("GGUF Q4_0", load)
 
 
 def section_explain(rep: Report, cfg: dict, device, dtype) -> None:
