@@ -147,8 +147,9 @@ CONTRACT_COVERS = ["VQModel", "PriorTransformer", "KandinskyV22PriorPipeline", "
 def test_contract_covers_names_what_the_plugin_registers():
     from importlib.metadata import entry_points
 
+    from test_contracts3 import CONTRACT_COVERS as COVERS_3
     from test_contracts21 import CONTRACT_COVERS as COVERS_21
 
     registered = {ep.name for ep in entry_points(group="kernel.components") if ep.value.startswith("kernel_kandinsky")}
-    assert registered == set(CONTRACT_COVERS) | set(COVERS_21)
+    assert registered == set(CONTRACT_COVERS) | set(COVERS_21) | set(COVERS_3)
     assert all(kernel.component(name) for name in CONTRACT_COVERS)
