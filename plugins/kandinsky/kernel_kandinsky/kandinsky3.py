@@ -20,6 +20,7 @@ import math
 from types import SimpleNamespace
 from typing import Any, Callable
 
+import PIL.Image
 import torch
 
 from kernel.engine import Conditioning
@@ -44,13 +45,18 @@ class Kandinsky3Pipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->movq"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "negative_attention_mask",
                                "attention_mask"]
+    #: Diffusers' text-to-image returns ``output_type="pt"`` in [-1, 1] (the decoder's output); image-to-image
+    #: returns [0, 1].  Kept for identical numbers.
+    _raw_pt_output = True
 
     def __init__(self, tokenizer, text_encoder, unet, scheduler, movq) -> None:
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
                               movq=movq)
         self.movq_scale_factor = 2 ** (len(movq.config.block_out_channels) - 1) if movq is not None else 8
         self.vae_scale_factor = _LATENT_FACTOR
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.movq_scale_factor, resample="bicubic")
+        channels = movq.config.latent_channels if movq is not None else 4
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.movq_scale_factor, vae_latent_channels=channels,
+                                                 resample="bicubic", reducing_gap=1)
 
     @property
     def vae(self):
@@ -143,6 +149,8 @@ class Kandinsky3Pipeline(DiffusionPipeline):
             raise ValueError(f"negative_prompt_embeds {tuple(call.negative_prompt_embeds.shape)} must have the shape "
                              f"of prompt_embeds {tuple(call.prompt_embeds.shape)}")
         for name in ("height", "width"):
+            if not hasattr(call, name):  # image-to-image takes the image's size
+                continue
             value = getattr(call, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -174,7 +182,7 @@ class Kandinsky3Pipeline(DiffusionPipeline):
         return self.movq.decode(latents.to(self.movq.dtype), force_not_quantize=True, return_dict=False)[0]
 
     def _decode(self, latents: torch.Tensor, call: SimpleNamespace):
-        if call.output_type == "pt":
+        if call.output_type == "pt" and self._raw_pt_output:
             return self._vae_decode(latents, call)
         return super()._decode(latents, call)
 
@@ -199,6 +207,61 @@ class Kandinsky3Pipeline(DiffusionPipeline):
         output_type: str | None = "pil",
         return_dict: bool = True,
         latents: torch.Tensor | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - Diffusers' default
+        **kwargs: Any,
+    ):
+        return self._generate(locals())
+
+
+class Kandinsky3Img2ImgPipeline(Kandinsky3Pipeline):
+    """Image-to-image (SDEdit): the image's MoVQ latents (unscaled) noised to ``strength``, then denoised as above.
+
+    The image keeps its own size (rounded down to the MoVQ factor); one image serves every prompt, or give
+    one per prompt.
+    """
+
+    _task = "image2image"
+    _raw_pt_output = False
+
+    def _prepare(self, call: SimpleNamespace) -> None:
+        super()._prepare(call)
+        images = call.image if isinstance(call.image, list) else [call.image]
+        if not images or not all(isinstance(i, (PIL.Image.Image, torch.Tensor)) for i in images):
+            raise TypeError(f"image must be a PIL image, a tensor or a list of them, got "
+                            f"{[type(i).__name__ for i in images] or 'an empty list'}")
+
+    def _preprocess_image(self, call: SimpleNamespace, **kwargs: Any) -> torch.Tensor:
+        images = call.image if isinstance(call.image, list) else [call.image]
+        return torch.cat([self.image_processor.preprocess(i) for i in images])
+
+    def _image_latents(self, call: SimpleNamespace, pixels: torch.Tensor, *, per_generator: bool) -> torch.Tensor:
+        x = pixels.to(device=call.device, dtype=call.dtype)
+        if x.shape[1] != self.movq.config.latent_channels:
+            x = self.movq.encode(x.to(self.movq.dtype)).latents.to(call.dtype)
+        x = x.repeat_interleave(call.num_images_per_prompt, dim=0)
+        if x.shape[0] not in (call.num_images_per_prompt, call.batch):
+            raise ValueError(f"got {x.shape[0] // call.num_images_per_prompt} images for "
+                             f"{call.batch // call.num_images_per_prompt} prompts; pass one image or one per prompt")
+        return x.repeat(call.batch // x.shape[0], 1, 1, 1).contiguous()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        image: torch.Tensor | PIL.Image.Image | list | None = None,
+        strength: float = 0.3,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int | None = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - Diffusers' default
         **kwargs: Any,

@@ -43,3 +43,20 @@ def folder() -> tuple[str, "diffusers.Kandinsky3Pipeline"]:
     ref = reference_pipeline()
     ref.save_pretrained(path)
     return path, ref
+
+
+@functools.lru_cache(maxsize=None)
+def img2img_folder() -> tuple[str, "diffusers.Kandinsky3Img2ImgPipeline"]:
+    path = tempfile.mkdtemp(prefix="kandinsky3-img2img-")
+    ref = diffusers.Kandinsky3Img2ImgPipeline(**reference_pipeline().components)
+    ref.set_progress_bar_config(disable=True)
+    ref.save_pretrained(path)
+    return path, ref
+
+
+def picture(seed: int = 0, size: tuple[int, int] = (48, 32)):
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.RandomState(seed)
+    return PIL.Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype(np.uint8))

@@ -11,7 +11,7 @@ from kernel_contracts import DenoiserContract, PipelineContract
 from kernel_kandinsky.unet_kandinsky3 import Kandinsky3UNet
 
 #: The components below are built by functions (component = callable), which the coverage scan cannot read.
-CONTRACT_COVERS = ["Kandinsky3UNet", "Kandinsky3Pipeline"]
+CONTRACT_COVERS = ["Kandinsky3UNet", "Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline"]
 
 TINY = dict(in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4, layers_per_block=3,
             block_out_channels=(32, 64), cross_attention_dim=4, encoder_hid_dim=32)
@@ -52,3 +52,25 @@ class TestKandinsky3PipelineContracts(PipelineContract):
     component = staticmethod(tiny_pipeline)
     contract_inputs = staticmethod(pipeline_inputs)
     contract_options = {"output_types": ("pil", "np", "pt")}
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_img2img_pipeline():
+    from kandinsky3_fixtures import img2img_folder
+
+    pipe = kernel.load(img2img_folder()[0])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def img2img_inputs(pipe, batch_size, generator):
+    from kandinsky3_fixtures import picture
+
+    inputs = pipeline_inputs(pipe, batch_size, generator)
+    del inputs["height"], inputs["width"]
+    return dict(inputs, image=[picture(i, (16, 16)) for i in range(batch_size)], strength=0.5, num_inference_steps=4)
+
+
+class TestKandinsky3Img2ImgPipelineContracts(PipelineContract):
+    component = staticmethod(tiny_img2img_pipeline)
+    contract_inputs = staticmethod(img2img_inputs)
