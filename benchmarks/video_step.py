@@ -13,7 +13,8 @@ and peak RSS (``ru_maxrss``, the whole process) are its own.  Ours and Diffusers
 * ``vae-49``: a small CogVideoX VAE (4 stages of width 16, 8x spatial, 4x temporal) decoding 13 latent frames
   into 49 frames of 64x64 with tiling on (tiles of 32 px).
 
-A step is one forward; the worker times ``--steps`` forwards after a warm-up and reports the median.  The
+A step is one forward; the worker times ``--steps`` forwards after two warm-up forwards and reports the
+median (the VAE: ``--vae-steps`` decodes, no warm-up).  The
 table gives the median over rounds of each library, the ratio ours / Diffusers (below 1 is faster) and the
 largest difference between the two outputs.
 """
@@ -97,7 +98,8 @@ def worker(library: str, case: str, folder: Path, steps: int, out: Path) -> dict
                       timestep=torch.full((batch,), 500, dtype=torch.long))
         times = []
         with torch.inference_mode():
-            model(**inputs, return_dict=False)  # warm-up
+            for _ in range(2):  # warm-up: the first forwards of a fresh process pay for allocation and thread start
+                model(**inputs, return_dict=False)
             for _ in range(steps):
                 t = time.perf_counter()
                 result = model(**inputs, return_dict=False)[0]
