@@ -16,6 +16,7 @@ import torch
 
 from kernel.config import read_json
 from kernel.hub import HUB_KWARGS, resolve_folder
+from kernel.modeling import gc_paused
 from kernel.registry import get_registry
 
 LOADER_KWARGS = {*HUB_KWARGS, "variant", "device_map", "use_safetensors", "trust_remote_code", "low_cpu_mem_usage",
@@ -180,6 +181,7 @@ def build(model: torch.nn.Module, folder: Path, state: Checkpoint, torch_dtype: 
     return model.eval()
 
 
+@gc_paused
 def load_model(cls: type, source: Any, config: Any = None, subfolder: str | None = None,
                torch_dtype: torch.dtype | None = None, **options: Any) -> torch.nn.Module:
     """``cls.from_single_file``: the component of class ``cls`` (or named ``subfolder``) of a checkpoint."""
@@ -199,6 +201,7 @@ def load_model(cls: type, source: Any, config: Any = None, subfolder: str | None
     return build(model, folder, state, torch_dtype, quantized)
 
 
+@gc_paused
 def load_pipeline(cls: type, source: Any, config: Any = None, torch_dtype: Any = None, **kwargs: Any):
     """``Pipeline.from_single_file``: models from the file; configs, schedulers and tokenizers from ``config``
     (or the bundled configs); ``kwargs`` named like a component replace it."""

@@ -15,6 +15,9 @@ Files follow Diffusers' naming, so folders move between the two libraries:
 
 from __future__ import annotations
 
+import functools
+import gc
+
 import json
 import logging
 import os
@@ -99,6 +102,23 @@ def read_state_dict(
             dev = device_for(key) if device_for else device
             out[key] = t.to(dev) if dev is not None and str(dev) != "cpu" else t
     return out
+
+
+def gc_paused(fn):
+    """``fn`` with Python's cyclic garbage collector paused: a load builds tens of thousands of objects that all
+    live on, so the collection passes their allocations trigger walk the whole heap for nothing."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return wrapper
 
 
 def plugin_method(name: str, doc: str, package: str = "kernel-memory"):
@@ -300,6 +320,7 @@ class ModelMixin(torch.nn.Module, ConfigMixin):
         return load_model(cls, source, **kwargs)
 
     @classmethod
+    @gc_paused
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike,

@@ -25,7 +25,7 @@ import torch
 from kernel.config import ConfigMixin, read_json
 from kernel.engine import Engine
 from kernel.hub import is_local, resolve_file, resolve_folder, split_hub_kwargs
-from kernel.modeling import plugin_method
+from kernel.modeling import gc_paused, plugin_method
 from kernel.protocols import kind_of
 from kernel.tasks import TaskMixin
 
@@ -346,6 +346,7 @@ class DiffusionPipeline(Engine, TaskMixin, ConfigMixin):
         return read_json(resolve_file(source, cls.config_name, **hub_kwargs), what="model_index.json")
 
     @classmethod
+    @gc_paused
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "DiffusionPipeline":
         """Load a pipeline folder or Hub repo; keyword arguments named like a component replace it."""
         source = pretrained_model_name_or_path
