@@ -10,6 +10,7 @@ Diffusers' SDXL motion adapters (e.g. the beta adapter) are :class:`MotionAdapte
 stages, no mid-block motion modules (``use_motion_mid_block=False``) and ``motion_max_seq_length=32``.
 ``num_videos_per_prompt`` is honoured (Diffusers 0.42 always makes one video per prompt), and
 ``decode_chunk_size`` is an extra keyword (Diffusers decodes all frames in one call: same numbers).
+FreeInit (``enable_free_init``) is :class:`~kernel_animatediff.free_init.FreeInitMixin`; FreeNoise is not wired here.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import torch
 from kernel_sd.sdxl import _StableDiffusionXLCommon
 from kernel_video import VideoProcessor
 
+from kernel_animatediff.free_init import FreeInitMixin
 from kernel_animatediff.motion_adapter import MotionAdapter
 from kernel_animatediff.pipelines import _AnimateDiffBase, _positive_int
 from kernel_animatediff.unet_motion import UNetMotionModel
 
 
-class AnimateDiffSDXLPipeline(_StableDiffusionXLCommon):
-    """Text-to-video with an SDXL UNet and an SDXL motion adapter."""
+class AnimateDiffSDXLPipeline(FreeInitMixin, _StableDiffusionXLCommon):
+    """Text-to-video with an SDXL UNet and an SDXL motion adapter; FreeInit through ``enable_free_init``."""
 
     pipeline_family = "animatediff-sdxl"
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"

@@ -138,6 +138,22 @@ def test_scheduler_swap_matches_diffusers(ddim, sched):
     assert fx.max_diff(got, want) < ATOL
 
 
+@pytest.mark.parametrize("settings", [dict(num_iters=2), dict(num_iters=2, use_fast_sampling=True, method="gaussian")])
+def test_free_init_matches_diffusers(ddim, settings):
+    theirs, ours = ddim
+    for pipe in ddim:
+        pipe.enable_free_init(**settings)
+    try:
+        got, want = _both(ddim, num_inference_steps=3)
+    finally:
+        for pipe in ddim:
+            pipe.disable_free_init()
+    assert fx.max_diff(got, want) < ATOL
+    assert not ours.free_init_enabled
+    plain = ours(**{**BASE, "num_inference_steps": 3}, generator=fx.gen(0)).frames
+    assert fx.max_diff(plain, got) > 1e-3  # FreeInit really changed the result
+
+
 def test_explicit_latents_and_embeds(ddim):
     theirs, ours = ddim
     latents = torch.randn(1, 4, fx.FRAMES, 8, 8, generator=fx.gen(7))
