@@ -152,3 +152,19 @@ def test_two_controlnets_need_one_video_each(two):
         ours(**BASE, conditioning_frames=[fx.video(seed=3)])
     with pytest.raises(ValueError, match="conditioning_frames has 2 frames for num_frames=4"):
         ours(**BASE, conditioning_frames=[fx.video(seed=3), fx.video(frames=2)])
+
+
+def test_one_control_video_per_prompt(one):
+    """Two prompts, one control video each (a 5-D array): each video equals its own single-prompt run, so every
+    video's frames meet their own control frames (Diffusers 0.42 takes one prompt here)."""
+    import numpy as np
+
+    _, ours = one
+    videos = [fx.video(seed=3), fx.video(seed=4)]
+    array = np.stack([np.stack([np.asarray(f) for f in v]) for v in videos]) / 255.0  # (2, F, H, W, 3) in [0, 1]
+    args = {**BASE, "output_type": "latent"}
+    both = ours(**{**args, "prompt": [BASE["prompt"]] * 2}, conditioning_frames=array, generator=fx.gen(0, 2)).frames
+    for i in range(2):
+        single = ours(**args, conditioning_frames=videos[i], generator=fx.gen(i)).frames
+        assert fx.max_diff(both[i:i + 1], single) < 1e-4
+    assert fx.max_diff(both[:1], both[1:]) > 1e-3
