@@ -1,5 +1,7 @@
-"""Stable Cascade (Würstchen v3) for kernel: the stage B / stage C UNet."""
+"""Stable Cascade (Würstchen v3) for kernel: the stage B / stage C UNet and the stage A Paella VQ autoencoder."""
 
 from kernel_stable_cascade.unet_stable_cascade import StableCascadeUNet, StableCascadeUNetOutput
 
-__all__ = ["StableCascadeUNet", "StableCascadeUNetOutput"]
+from kernel_stable_cascade.paella_vq_model import PaellaVQModel
+
+__all__ = ["PaellaVQModel", "StableCascadeUNet", "StableCascadeUNetOutput"]
