@@ -1,10 +1,13 @@
-"""AnimateDiff for kernel: motion adapters, the motion UNet and the text/video-to-video pipelines."""
+"""AnimateDiff for kernel: motion adapters, the motion UNet and the text/video-to-video, SDXL and ControlNet
+pipelines."""
 
 from kernel_animatediff.free_init import FreeInitMixin
 from kernel_animatediff.free_noise import FreeNoiseMixin
 from kernel_animatediff.motion_adapter import MotionAdapter
 from kernel_animatediff.pipelines import AnimateDiffPipeline, AnimateDiffPipelineOutput, AnimateDiffVideoToVideoPipeline
 from kernel_animatediff.unet_motion import UNetMotionModel, UNetMotionOutput
+from kernel_animatediff.sdxl import AnimateDiffSDXLPipeline
+from kernel_animatediff.controlnet import AnimateDiffControlNetPipeline
 
-__all__ = ["AnimateDiffPipeline", "AnimateDiffPipelineOutput", "AnimateDiffVideoToVideoPipeline", "FreeInitMixin",
+__all__ = ["AnimateDiffControlNetPipeline", "AnimateDiffPipeline", "AnimateDiffSDXLPipeline", "AnimateDiffPipelineOutput", "AnimateDiffVideoToVideoPipeline", "FreeInitMixin",
            "FreeNoiseMixin", "MotionAdapter", "UNetMotionModel", "UNetMotionOutput"]
