@@ -3,5 +3,6 @@
 from kernel_stable_cascade.unet_stable_cascade import StableCascadeUNet, StableCascadeUNetOutput
 
 from kernel_stable_cascade.paella_vq_model import PaellaVQModel
+from kernel_stable_cascade.scheduler import DDPMWuerstchenScheduler
 
-__all__ = ["PaellaVQModel", "StableCascadeUNet", "StableCascadeUNetOutput"]
+__all__ = ["DDPMWuerstchenScheduler", "PaellaVQModel", "StableCascadeUNet", "StableCascadeUNetOutput"]
