@@ -107,3 +107,13 @@ def test_scalar_ratio_and_batched_sca():
         both = ours(**dict(x, sca=sca)).sample
         first = ref(**{k: v[:1] for k, v in x.items()}, sca=sca[:1]).sample  # Diffusers takes a 1-element sca only
     assert (both[:1] - first).abs().max() < 1e-5
+
+
+def test_bilinear_switch_and_patch_size():
+    config = dict(PRIOR, switch_level=(True,), patch_size=2, self_attn=(True, False), clip_seq=2)
+    ours, ref = pair(config)
+    x = prior_inputs(batch=1, size=8)
+    with torch.no_grad():
+        a, b = ours(**x).sample, ref(**x).sample
+    assert a.shape == x["sample"].shape
+    assert (a - b).abs().max() < 1e-5
