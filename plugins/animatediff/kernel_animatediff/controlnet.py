@@ -23,7 +23,7 @@ import torch
 
 from kernel.engine import Evaluation
 from kernel_controlnet.hook import ControlNetHook, controlnets_of
-from kernel_controlnet.mixin import ControlMixinBase, per_net
+from kernel_controlnet.mixin import ControlMixinBase, check_scales_and_windows
 from kernel_video import VideoProcessor
 
 from kernel_animatediff.pipelines import AnimateDiffPipeline
@@ -127,13 +127,7 @@ class AnimateDiffControlNetPipeline(ControlMixinBase, AnimateDiffPipeline):
             if count != call.num_frames:
                 raise ValueError(f"{name} has {count} frames for num_frames={call.num_frames}; give one control "
                                  "image per frame")
-        call.control_scales = per_net(call.controlnet_conditioning_scale, n, "controlnet_conditioning_scale")
-        call.control_starts = per_net(call.control_guidance_start, n, "control_guidance_start")
-        call.control_ends = per_net(call.control_guidance_end, n, "control_guidance_end")
-        for start, end in zip(call.control_starts, call.control_ends):
-            if start < 0 or end > 1 or start >= end:
-                raise ValueError(f"control_guidance_start ({start}) and control_guidance_end ({end}) must satisfy "
-                                 "0 <= control_guidance_start < control_guidance_end <= 1")
+        check_scales_and_windows(call, n)
         if not isinstance(call.guess_mode, bool):
             raise ValueError(f"guess_mode must be True or False, got {call.guess_mode!r}")
         call.control_guess_mode = call.guess_mode or bool(controlnets_of(self.controlnet)[0].config.global_pool_conditions)

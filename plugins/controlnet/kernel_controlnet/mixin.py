@@ -82,6 +82,17 @@ def default_size_from_tensor(call: SimpleNamespace) -> None:
         call.width = call.width or int(first.shape[-1])
 
 
+def check_scales_and_windows(call: SimpleNamespace, n: int) -> None:
+    """``call.control_scales`` / ``control_starts`` / ``control_ends``: one per net (of ``n``), each window inside
+    [0, 1] and not empty."""
+    call.control_scales = per_net(call.controlnet_conditioning_scale, n, "controlnet_conditioning_scale")
+    call.control_starts = per_net(call.control_guidance_start, n, "control_guidance_start")
+    call.control_ends = per_net(call.control_guidance_end, n, "control_guidance_end")
+    for start, end in zip(call.control_starts, call.control_ends):
+        if start < 0 or end > 1 or start >= end:
+            raise ValueError(f"control_guidance_start ({start}) and control_guidance_end ({end}) must satisfy "
+                             "0 <= control_guidance_start < control_guidance_end <= 1")
+
 class ControlMixinBase:
     """Mixed in before a family pipeline class; subclasses name their net classes and hook."""
 
@@ -167,13 +178,7 @@ class ControlMixinBase:
             if count not in (1, prompts):
                 raise ValueError(f"{name}: {count} control images for {prompts} prompt(s); give 1 image or one "
                                  "per prompt")
-        call.control_scales = per_net(call.controlnet_conditioning_scale, n, "controlnet_conditioning_scale")
-        call.control_starts = per_net(call.control_guidance_start, n, "control_guidance_start")
-        call.control_ends = per_net(call.control_guidance_end, n, "control_guidance_end")
-        for start, end in zip(call.control_starts, call.control_ends):
-            if start < 0 or end > 1 or start >= end:
-                raise ValueError(f"control_guidance_start ({start}) and control_guidance_end ({end}) must satisfy "
-                                 "0 <= control_guidance_start < control_guidance_end <= 1")
+        check_scales_and_windows(call, n)
 
     def _control_inputs(self, call: SimpleNamespace, **extra: Any) -> ControlInputs:
         """The hook's settings for this call (installs the hook again if it was removed)."""
