@@ -30,7 +30,7 @@ from kernel_layers.resnet import ResnetBlock2D
 from kernel_layers.sampling import Downsample2D, Upsample2D
 from kernel_layers.transformer_2d import Transformer2DModel, mask_to_bias
 from kernel_unet.blocks import DownBlock2D, UpBlock2D
-from kernel_unet.unet_2d_condition import UNet2DConditionOutput, broadcast_timesteps
+from kernel_unet.unet_2d_condition import broadcast_timesteps, up_path
 
 MAX_STREAMS = 4
 
@@ -471,21 +471,4 @@ class AudioLDM2UNet2DConditionModel(ModelMixin, AttentionMixin):
             skips += res
         sample = self.mid_block(sample, emb, **attn)
 
-        upsample_size = None
-        for i, block in enumerate(self.up_blocks):
-            count = len(block.resnets)
-            res, skips = skips[-count:], skips[:-count]
-            if i < len(self.up_blocks) - 1 and forward_upsample_size:
-                upsample_size = skips[-1].shape[2:]
-            if getattr(block, "has_cross_attention", False):
-                sample = block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res,
-                               upsample_size=upsample_size, **attn)
-            else:
-                sample = block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
-
-        if self.conv_norm_out is not None:
-            sample = self.conv_act(self.conv_norm_out(sample))
-        sample = self.conv_out(sample)
-        if not return_dict:
-            return (sample,)
-        return UNet2DConditionOutput(sample=sample)
+        return up_path(self, sample, emb, skips, attn, forward_upsample_size, return_dict)

@@ -446,21 +446,27 @@ class UNet2DConditionModel(ModelMixin, AttentionMixin):
         if is_controlnet:
             sample = sample + mid_block_additional_residual
 
-        upsample_size = None
-        for i, block in enumerate(self.up_blocks):
-            count = len(block.resnets)
-            res, skips = skips[-count:], skips[:-count]
-            if i < len(self.up_blocks) - 1 and forward_upsample_size:
-                upsample_size = skips[-1].shape[2:]
-            if getattr(block, "has_cross_attention", False):
-                sample = block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res,
-                               upsample_size=upsample_size, **attn_kwargs)
-            else:
-                sample = block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
+        return up_path(self, sample, emb, skips, attn_kwargs, forward_upsample_size, return_dict)
 
-        if self.conv_norm_out is not None:
-            sample = self.conv_act(self.conv_norm_out(sample))
-        sample = self.conv_out(sample)
-        if not return_dict:
-            return (sample,)
-        return UNet2DConditionOutput(sample=sample)
+
+def up_path(unet, sample, emb, skips: tuple, attn_kwargs: dict, forward_upsample_size: bool, return_dict: bool):
+    """The decoder half of a conditional UNet: each up block takes its skip connections (and, with cross
+    attention, ``attn_kwargs``), then the output norm, activation and convolution."""
+    upsample_size = None
+    for i, block in enumerate(unet.up_blocks):
+        count = len(block.resnets)
+        res, skips = skips[-count:], skips[:-count]
+        if i < len(unet.up_blocks) - 1 and forward_upsample_size:
+            upsample_size = skips[-1].shape[2:]
+        if getattr(block, "has_cross_attention", False):
+            sample = block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res,
+                           upsample_size=upsample_size, **attn_kwargs)
+        else:
+            sample = block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
+
+    if unet.conv_norm_out is not None:
+        sample = unet.conv_act(unet.conv_norm_out(sample))
+    sample = unet.conv_out(sample)
+    if not return_dict:
+        return (sample,)
+    return UNet2DConditionOutput(sample=sample)
