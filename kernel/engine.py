@@ -148,6 +148,12 @@ class Engine:
         prior passes the next timestep, ``prev_timestep``, to a scheduler that is told each jump)."""
         return {}
 
+    def _scheduler_step(self, prediction: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, index: int,
+                        timesteps: torch.Tensor, kwargs: dict[str, Any]) -> tuple:
+        """One ``scheduler.step``, as a tuple; a family whose scheduler takes other positional arguments or
+        carries state between steps (CogVideoX's multistep DPM) overrides this."""
+        return self.scheduler.step(prediction, t, latents, **kwargs, return_dict=False)
+
     # ---------------------------------------------------------------- the loop
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, num_inference_steps: int,
                 conditioning: Conditioning, guider: Any, *, step_kwargs: dict | None = None,
@@ -160,8 +166,7 @@ class Engine:
         ``blend(i, latents)`` runs after each scheduler step (inpainting pastes the known region back);
         ``output_index`` picks the scheduler output to continue from (1: the predicted clean sample).
         """
-        scheduler = self.scheduler
-        order = scheduler.order
+        order = self.scheduler.order
         warmup = max(len(timesteps) - num_inference_steps * order, 0)
         self._num_timesteps = len(timesteps)
         hooks = [*getattr(self, "conditioning_hooks", ()), *hooks]
@@ -174,8 +179,8 @@ class Engine:
                 step = GuidanceStep(i, len(timesteps), t, conditioning.negative is not None)
                 prediction = self._guided_prediction(latents, t, conditioning, guider, step, hooks)
                 dtype = latents.dtype
-                stepped = scheduler.step(prediction, t, latents, **(step_kwargs or {}), **self._step_kwargs(i, timesteps),
-                                         return_dict=False)
+                stepped = self._scheduler_step(prediction, t, latents, i, timesteps,
+                                               {**(step_kwargs or {}), **self._step_kwargs(i, timesteps)})
                 latents = stepped[output_index] if len(stepped) > output_index else stepped[0]
                 if blend is not None:
                     latents = blend(i, latents)
