@@ -5,7 +5,8 @@ The noise level is a cosine schedule in ``t`` (Nichol & Dhariwal 2021) normalise
 ``[1e-4, 0.9999]``, where ``t' = 1 - (1 - t)^scaler`` for ``scaler > 1`` and ``t' = t^scaler`` for
 ``scaler < 1``.  ``set_timesteps(n)`` gives ``n + 1`` ratios from 1 to 0; a pipeline evaluates the model at the
 first ``n``.  ``step`` is the ancestral DDPM update from ``t`` to the next ratio of the schedule (noise-free
-when that ratio is 0).
+when that ratio is 0); a step at the schedule's last ratio is the identity (Diffusers raises ``IndexError``
+there), so a loop over every timestep, as generic tools run one, ends on the same sample.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ class DDPMWuerstchenScheduler(SchedulerMixin):
         self._init_alpha_cumprod = torch.cos(self.s / (1 + self.s) * math.pi * 0.5) ** 2
         self.init_noise_sigma = 1.0
         self.timesteps = None
+        self._begin_index = None
+
+    @property
+    def begin_index(self) -> int | None:
+        """The index a pipeline starts the loop at (``set_begin_index``); steps still find their place by value."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
 
     def _alpha_cumprod(self, t: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
         if self.scaler > 1:
@@ -70,13 +80,12 @@ class DDPMWuerstchenScheduler(SchedulerMixin):
         self.timesteps = timesteps.to(device) if device is not None else timesteps
 
     def previous_timestep(self, timestep: torch.Tensor) -> torch.Tensor:
-        """The ratio after ``timestep[0]`` in the schedule, one per batch entry."""
+        """The ratio after ``timestep[0]`` in the schedule (the last ratio itself at the end), one per batch entry."""
         if self.timesteps is None:
             raise ValueError("call set_timesteps before step")
         index = int((self.timesteps - timestep[0]).abs().argmin())
-        if index + 1 >= len(self.timesteps):
-            raise ValueError(f"timestep {float(timestep[0])} is the last of the schedule; there is no step after it")
-        return self.timesteps[index + 1][None].expand(timestep.shape[0])
+        index = min(index + 1, len(self.timesteps) - 1)  # the last ratio steps to itself: the identity
+        return self.timesteps[index][None].expand(timestep.shape[0])
 
     def step(self, model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True):

@@ -51,3 +51,15 @@ def test_config_round_trip(tmp_path):
     assert diffusers.DDPMWuerstchenScheduler.from_pretrained(tmp_path).config.scaler == 2.0
     diffusers.DDPMWuerstchenScheduler(scaler=3.0).save_pretrained(tmp_path / "ref")
     assert DDPMWuerstchenScheduler.from_pretrained(tmp_path / "ref").config.scaler == 3.0
+
+
+def test_step_at_the_last_ratio_is_the_identity_and_begin_index_is_kept():
+    s = DDPMWuerstchenScheduler()
+    s.set_timesteps(3)
+    s.set_begin_index(1)
+    assert s.begin_index == 1
+    x = torch.randn(2, 3, 4, 4)
+    out = s.step(torch.randn(2, 3, 4, 4), s.timesteps[-1], x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert torch.equal(out, x)
+    # one step before: a real (noise-free, to ratio 0) update
+    assert not torch.equal(s.step(torch.randn(2, 3, 4, 4), s.timesteps[-2], x).prev_sample, x)

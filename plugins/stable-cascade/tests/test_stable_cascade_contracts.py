@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cascade_fixtures import DECODER
-from kernel_contracts import DenoiserContract
+from kernel_contracts import DenoiserContract, SchedulerContract
 from kernel_stable_cascade import StableCascadeUNet
 
 #: The component below is built by a function, which the coverage scan cannot read.
@@ -25,3 +25,9 @@ class TestStableCascadeUNet(DenoiserContract):
                 "timestep_ratio": torch.rand(batch_size, generator=generator),
                 "clip_text_pooled": torch.randn(batch_size, 1, 32, generator=generator),
                 "effnet": torch.randn(batch_size, 16, 4, 4, generator=generator)}
+
+
+class TestDDPMWuerstchenScheduler(SchedulerContract):
+    component = "DDPMWuerstchenScheduler"
+    # Timesteps are ratios in [0, 1]; set_timesteps(n) gives n + 1 of them (the pipelines evaluate the first n).
+    contract_options = {"timestep_range": (0.0, 1.0), "evaluations": lambda n, order: n + 1}
