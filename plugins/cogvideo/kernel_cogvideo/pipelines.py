@@ -29,6 +29,7 @@ from kernel_t5 import check_max_sequence_length, t5_prompt_embeds
 from kernel_video import VideoProcessor
 
 from kernel_cogvideo.embeddings import get_3d_rotary_pos_embed
+from kernel_cogvideo.scheduler import CogVideoXDPMScheduler
 
 
 @dataclass
@@ -206,6 +207,17 @@ class CogVideoXPipeline(DiffusionPipeline):
                                image_rotary_emb=self._call.image_rotary_emb,
                                attention_kwargs=self._call.attention_kwargs, return_dict=False, **kwargs)[0]
         return out.float()
+
+    def _scheduler_step(self, prediction, t, latents, index, timesteps, kwargs):
+        """DDIM steps as usual; :class:`CogVideoXDPMScheduler` also takes the previous step's ``x0`` and timestep,
+        carried here from step to step of the call (none at the loop's first step)."""
+        if not isinstance(self.scheduler, CogVideoXDPMScheduler):
+            return super()._scheduler_step(prediction, t, latents, index, timesteps, kwargs)
+        old_x0 = getattr(self._call, "old_pred_original_sample", None) if index > 0 else None
+        back = timesteps[index - 1] if index > 0 else None
+        stepped = self.scheduler.step(prediction, old_x0, t, back, latents, **kwargs, return_dict=False)
+        self._call.old_pred_original_sample = stepped[1]
+        return stepped
 
     def _vae_decode(self, latents: torch.Tensor, call: SimpleNamespace) -> torch.Tensor:
         """``(B, F, C, h, w)`` latents -> ``(B, 3, frames, H, W)`` pixels in [-1, 1] (padding frames dropped)."""
