@@ -84,6 +84,8 @@ class CogVideoXPipeline(DiffusionPipeline):
     _optional_components: list[str] = []
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
     _floor_kept_steps = False
+    #: per-video latents (conditioning tensors by name) concatenated to the noisy latents along the channels
+    _channel_latents: tuple[str, ...] = ()
 
     def __init__(self, tokenizer, text_encoder, vae, transformer, scheduler):
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
@@ -201,6 +203,8 @@ class CogVideoXPipeline(DiffusionPipeline):
             call.image_rotary_emb = self._rotary_embeddings(call.height, call.width, latents.shape[1], latents.device)
 
     def _evaluate(self, model_input, timestep, cond, **kwargs):
+        if self._channel_latents:
+            model_input = torch.cat([model_input, *(cond[n].to(model_input.dtype) for n in self._channel_latents)], dim=2)
         timestep = (timestep[None] if timestep.ndim == 0 else timestep).to(model_input.device)
         out = self.transformer(hidden_states=model_input, encoder_hidden_states=cond["prompt_embeds"],
                                timestep=timestep.expand(model_input.shape[0]),
@@ -357,6 +361,7 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
 
     # its transformer takes twice the latent channels: a text-to-video family load must refuse its folders
     pipeline_family = "cogvideox-i2v"
+    _channel_latents = ("image_latents",)
 
     def _prepare(self, call: SimpleNamespace) -> None:
         if call.image is None:
@@ -397,7 +402,6 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
     def _evaluate(self, model_input, timestep, cond, **kwargs):
         if self.transformer.config.ofs_embed_dim is not None:
             kwargs["ofs"] = model_input.new_full((1,), 2.0)
-        model_input = torch.cat([model_input, cond["image_latents"].to(model_input.dtype)], dim=2)
         return super()._evaluate(model_input, timestep, cond, **kwargs)
 
     @torch.no_grad()
@@ -417,6 +421,99 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - Diffusers' default
+        max_sequence_length: int = 226,
+    ):
+        return self._generate(locals())
+
+
+class CogVideoXFunControlPipeline(CogVideoXPipeline):
+    """CogVideoX-Fun control (Alibaba PAI's CogVideoX-Fun): text-to-video guided by a control video (depth, pose,
+    edges, ...).  The control video's VAE latents (posterior mode, times ``scaling_factor``) are concatenated to
+    the noisy latents along the channels at every step; the transformer takes twice the latent channels."""
+
+    pipeline_family = "cogvideox-fun-control"
+    _channel_latents = ("control_video_latents",)
+
+    def _prepare(self, call: SimpleNamespace) -> None:
+        video, given = call.control_video, call.control_video_latents
+        if video is None and given is None:
+            raise ValueError("control_video is required: a list of frames (PIL images, arrays or tensors), a list of "
+                             "such videos or a tensor; or pass control_video_latents")
+        if video is not None and given is not None:
+            raise ValueError("pass either control_video or control_video_latents, not both")
+        if video is not None and isinstance(video, (list, tuple)) and len(video) == 0:
+            raise ValueError("control_video is empty: pass at least one frame")
+        if given is not None and (not isinstance(given, torch.Tensor) or given.ndim != 5):
+            shape = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
+            raise ValueError("control_video_latents must be a (batch, latent frames, channels, height / 8, width / 8) "
+                             f"tensor, got {shape}")
+        call.num_frames = 1  # set from the control video (or its latents) below, once the size is known
+        super()._prepare(call)
+        if given is not None:
+            f = self.vae_scale_factor_spatial
+            expected = (self.transformer.config.in_channels // 2, call.height // f, call.width // f)
+            if tuple(given.shape[2:]) != expected:
+                raise ValueError(f"control_video_latents has shape {tuple(given.shape)}; for height={call.height}, "
+                                 f"width={call.width} it must be (batch, frames, {', '.join(map(str, expected))})")
+            call.control_pixels, call.latent_frames = None, given.shape[1]
+        else:
+            call.control_pixels = self.video_processor.preprocess_video(video, height=call.height, width=call.width)
+            frames = call.control_pixels.shape[2]
+            call.latent_frames = (frames - 1) // self.vae_scale_factor_temporal + 1
+        pt = self.transformer.config.patch_size_t
+        if pt is not None and call.latent_frames % pt:
+            raise ValueError(f"the control video gives {call.latent_frames} latent frames, which patch_size_t={pt} does "
+                             "not divide; pass 1 + 4k frames with a multiple of patch_size_t latent frames")
+        call.additional_frames = 0
+
+    def _control_latents(self, call: SimpleNamespace, dtype: torch.dtype) -> torch.Tensor:
+        """``(B, F, C, h, w)``: each control video's posterior mode, times ``scaling_factor``, one row per video."""
+        if call.control_pixels is None:
+            control = call.control_video_latents.to(device=call.device, dtype=dtype)
+        else:
+            pixels = call.control_pixels.to(device=call.device, dtype=self.vae.dtype)
+            control = torch.cat([latents_of(self.vae.encode(v[None]), sample_mode="argmax") for v in pixels])
+            control = (control * self.vae.config.scaling_factor).to(dtype).permute(0, 2, 1, 3, 4)
+        if control.shape[0] not in (1, call.batch):
+            raise ValueError(f"got {control.shape[0]} control videos for a batch of {call.batch} (prompts x "
+                             "num_videos_per_prompt); pass one control video or one per generated video")
+        return repeat_to_batch(control, call.batch, "control videos")
+
+    def _encode(self, call: SimpleNamespace, negative: bool) -> Conditioning:
+        cond = super()._encode(call, negative)
+        control = self._control_latents(call, cond.positive["prompt_embeds"].dtype)
+        for side in (cond.positive, cond.negative) if negative else (cond.positive,):
+            side["control_video_latents"] = control
+        return cond
+
+    def _latent_shape(self, call: SimpleNamespace) -> tuple[int, ...]:
+        b, f, c, h, w = super()._latent_shape(call)
+        return b, f, c // 2, h, w
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        control_video: list | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        guidance_scale: float = 6,
+        use_dynamic_cfg: bool = False,
+        num_videos_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        control_video_latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",

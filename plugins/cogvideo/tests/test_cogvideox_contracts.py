@@ -114,3 +114,21 @@ class TestCogVideoXImageToVideoPipelineContracts(PipelineContract):
     contract_inputs = staticmethod(image_inputs)
     contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"image": None}, {"num_frames": 0}],
                         "output_types": ("np", "pt", "latent")}
+
+
+def tiny_fun_control():
+    ours, _ = fx.pipeline_parts(use_rotary_positional_embeddings=True, in_channels=8)
+    return kernel.component("CogVideoXFunControlPipeline")(**ours)
+
+
+def control_inputs(pipe, batch_size, generator):
+    prompts = ("a cat", "the dog", "a photo")
+    return dict(control_video=fx.video(frames=5), prompt=[prompts[i % 3] for i in range(batch_size)], height=fx.SIZE,
+                width=fx.SIZE, num_inference_steps=2, max_sequence_length=16, generator=generator)
+
+
+class TestCogVideoXFunControlPipelineContracts(PipelineContract):
+    component = staticmethod(tiny_fun_control)
+    contract_inputs = staticmethod(control_inputs)
+    contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"control_video": None}, {"height": 12}],
+                        "output_types": ("np", "pt", "latent")}
