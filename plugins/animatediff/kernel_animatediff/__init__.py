@@ -1,5 +1,5 @@
 """AnimateDiff for kernel: motion adapters, the motion UNet and the text/video-to-video, SDXL and ControlNet
-pipelines."""
+pipelines, and SparseCtrl (SparseControlNetModel) for it."""
 
 from kernel_animatediff.free_init import FreeInitMixin
 from kernel_animatediff.free_noise import FreeNoiseMixin
@@ -8,6 +8,8 @@ from kernel_animatediff.pipelines import AnimateDiffPipeline, AnimateDiffPipelin
 from kernel_animatediff.unet_motion import UNetMotionModel, UNetMotionOutput
 from kernel_animatediff.sdxl import AnimateDiffSDXLPipeline
 from kernel_animatediff.controlnet import AnimateDiffControlNetPipeline
+from kernel_animatediff.sparse_controlnet import SparseControlNetModel, SparseControlNetOutput
+from kernel_animatediff.sparse_control import AnimateDiffSparseControlNetPipeline
 
-__all__ = ["AnimateDiffControlNetPipeline", "AnimateDiffPipeline", "AnimateDiffSDXLPipeline", "AnimateDiffPipelineOutput", "AnimateDiffVideoToVideoPipeline", "FreeInitMixin",
-           "FreeNoiseMixin", "MotionAdapter", "UNetMotionModel", "UNetMotionOutput"]
+__all__ = ["AnimateDiffControlNetPipeline", "AnimateDiffPipeline", "AnimateDiffSDXLPipeline", "AnimateDiffSparseControlNetPipeline", "AnimateDiffPipelineOutput", "AnimateDiffVideoToVideoPipeline", "FreeInitMixin",
+           "FreeNoiseMixin", "MotionAdapter", "SparseControlNetModel", "SparseControlNetOutput", "UNetMotionModel", "UNetMotionOutput"]

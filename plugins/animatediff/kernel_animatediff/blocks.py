@@ -28,19 +28,22 @@ class _Temporal:
 
     def _add_motion(self, channels: int, num_layers: int, groups: int, temporal_num_attention_heads: int,
                     temporal_max_seq_length: int, temporal_transformer_layers_per_block,
-                    temporal_cross_attention_dim: int | None) -> None:
+                    temporal_cross_attention_dim: int | None, temporal_double_self_attention: bool = True) -> None:
         self.motion_modules = motion_modules(channels, num_layers, temporal_num_attention_heads,
                                              temporal_transformer_layers_per_block, groups, temporal_max_seq_length,
-                                             temporal_cross_attention_dim)
+                                             temporal_cross_attention_dim,
+                                             double_self_attention=temporal_double_self_attention)
 
 
 def _split(kwargs: dict) -> dict:
-    """The ``temporal_*`` arguments, removed from ``kwargs``."""
-    names = ("temporal_num_attention_heads", "temporal_max_seq_length", "temporal_transformer_layers_per_block",
-             "temporal_cross_attention_dim")
+    """The ``temporal_*`` arguments, removed from ``kwargs``.
+
+    ``temporal_double_self_attention=False`` gives motion blocks without a second attention (when
+    ``temporal_cross_attention_dim`` is None too), as SparseCtrl's encoder has them."""
     defaults = {"temporal_num_attention_heads": 8, "temporal_max_seq_length": 32,
-                "temporal_transformer_layers_per_block": 1, "temporal_cross_attention_dim": None}
-    return {n: kwargs.pop(n, defaults[n]) for n in names}
+                "temporal_transformer_layers_per_block": 1, "temporal_cross_attention_dim": None,
+                "temporal_double_self_attention": True}
+    return {n: kwargs.pop(n, d) for n, d in defaults.items()}
 
 
 class DownBlockMotion(_Temporal, DownBlock2D):

@@ -143,8 +143,10 @@ class AnimateDiffTransformer3D(nn.Module):
 
 
 def motion_modules(channels: int, num_layers: int, heads: int, layers_per_module, norm_num_groups: int,
-                   max_seq_length: int, cross_attention_dim: int | None = None) -> nn.ModuleList:
-    """``num_layers`` motion modules for a stage of width ``channels`` (``layers_per_module``: an int or one per module)."""
+                   max_seq_length: int, cross_attention_dim: int | None = None,
+                   double_self_attention: bool = True) -> nn.ModuleList:
+    """``num_layers`` motion modules for a stage of width ``channels`` (``layers_per_module``: an int or one per module;
+    ``double_self_attention``: whether each block's second attention is a second self-attention)."""
     if isinstance(layers_per_module, int):
         layers_per_module = [layers_per_module] * num_layers
     layers_per_module = list(layers_per_module)
@@ -156,6 +158,6 @@ def motion_modules(channels: int, num_layers: int, heads: int, layers_per_module
     return nn.ModuleList([
         AnimateDiffTransformer3D(num_attention_heads=heads, attention_head_dim=channels // heads, in_channels=channels,
                                  num_layers=n, norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
-                                 max_seq_length=max_seq_length)
+                                 double_self_attention=double_self_attention, max_seq_length=max_seq_length)
         for n in layers_per_module
     ])
