@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import tempfile
+
 import torch
 
 ATTN = ("SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock")
@@ -23,12 +26,12 @@ DECODER = dict(in_channels=4, out_channels=4, conditioning_dim=128, block_out_ch
                kernel_size=3, patch_size=1)
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
     """Non-zero weights everywhere (the zero-initialised GRN and mappers would hide bugs)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            p.copy_(torch.randn(p.shape, generator=g) * std)
     return model.eval()
 
 
@@ -44,3 +47,116 @@ def decoder_inputs(batch: int = 2, seed: int = 0, size: int = 16) -> dict:
     return dict(sample=torch.randn(batch, 4, size, size, generator=g), timestep_ratio=torch.rand(batch, generator=g),
                 clip_text_pooled=torch.randn(batch, 1, 32, generator=g),
                 effnet=torch.randn(batch, 16, 6, 6, generator=g))
+
+
+# ---------------------------------------------------------------- pipelines: Diffusers' (the oracle) and ours
+#: Diffusers' Stable Cascade decoder test VQ-GAN.
+VQGAN = dict(in_channels=3, out_channels=3, up_down_scale_factor=2, levels=2, bottleneck_blocks=1, embed_dim=16,
+             latent_channels=4, num_vq_embeddings=12, scale_factor=0.3764)
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer():
+    from kernel_clip.testing import tiny_clip_tokenizer
+
+    return tiny_clip_tokenizer(tempfile.mkdtemp(prefix="cascade-tok-"))
+
+
+@functools.lru_cache(maxsize=None)
+def text_encoder(seed: int = 0):
+    from kernel_clip.testing import tiny_clip_text_model
+
+    return tiny_clip_text_model(tokenizer(), seed=seed, with_projection=True, projection_dim=32,
+                                num_hidden_layers=2).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def image_encoder():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, image_size=32, projection_dim=768, intermediate_size=37,
+                              num_attention_heads=4, num_channels=3, num_hidden_layers=2, patch_size=8)
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def feature_extractor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(crop_size=32, size=32, do_center_crop=True, do_resize=True, do_normalize=True)
+
+
+def unet_pair(config: dict, seed: int = 0, std: float = 0.1):
+    import diffusers
+
+    from kernel_stable_cascade import StableCascadeUNet
+
+    ours = randomize(StableCascadeUNet(**config), seed, std)
+    ref = diffusers.StableCascadeUNet(**config).eval()
+    ref.load_state_dict(ours.state_dict())
+    return ref, ours
+
+
+def vqgan_pair(seed: int = 0):
+    from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel as RefPaella
+
+    from kernel_stable_cascade import PaellaVQModel
+
+    ours = randomize(PaellaVQModel(**VQGAN), seed)
+    ref = RefPaella(**VQGAN).eval()
+    ref.load_state_dict(ours.state_dict())
+    return ref, ours
+
+
+def scheduler_pair():
+    import diffusers
+
+    from kernel_stable_cascade import DDPMWuerstchenScheduler
+
+    return diffusers.DDPMWuerstchenScheduler(), DDPMWuerstchenScheduler()
+
+
+def _quiet(*pipes):
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+    return pipes
+
+
+def prior_pipes(with_images: bool = False):
+    import diffusers
+
+    from kernel_stable_cascade import StableCascadePriorPipeline
+
+    u_ref, u_ours = unet_pair(PRIOR, std=0.03)  # the 128-wide prior grows large values with bigger weights
+    s_ref, s_ours = scheduler_pair()
+    shared = dict(text_encoder=text_encoder(), tokenizer=tokenizer())
+    if with_images:
+        shared.update(image_encoder=image_encoder(), feature_extractor=feature_extractor())
+    ref = diffusers.StableCascadePriorPipeline(prior=u_ref, scheduler=s_ref, **shared)
+    ours = StableCascadePriorPipeline(prior=u_ours, scheduler=s_ours, **shared)
+    return _quiet(ref, ours)
+
+
+def decoder_pipes():
+    import diffusers
+
+    from kernel_stable_cascade import StableCascadeDecoderPipeline
+
+    u_ref, u_ours = unet_pair(DECODER, seed=1)
+    v_ref, v_ours = vqgan_pair(seed=2)
+    s_ref, s_ours = scheduler_pair()
+    shared = dict(text_encoder=text_encoder(), tokenizer=tokenizer())
+    ref = diffusers.StableCascadeDecoderPipeline(decoder=u_ref, vqgan=v_ref, scheduler=s_ref, **shared)
+    ours = StableCascadeDecoderPipeline(decoder=u_ours, vqgan=v_ours, scheduler=s_ours, **shared)
+    return _quiet(ref, ours)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def max_diff(a, b) -> float:
+    a, b = (x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in (a, b))
+    assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
+    return (a.float() - b.float()).abs().max().item()
