@@ -15,7 +15,8 @@ condition video serves every generated video.
 As in the other UNet ControlNet pipelines, guess mode with classifier-free guidance runs the net on the positive
 rows only and gives the negative rows zero residuals (Diffusers 0.42 fails on that combination).  Beyond
 Diffusers' signature: ``control_guidance_start`` / ``_end`` (default: every step, Diffusers' behaviour),
-``decode_chunk_size`` and ``num_videos_per_prompt`` (Diffusers 0.42 forces 1).  Diffusers silently ignores
+``decode_chunk_size`` and ``num_videos_per_prompt`` (Diffusers 0.42 forces 1).
+FreeInit is available as in Diffusers; FreeNoise is not (Diffusers' SparseCtrl pipeline lacks it too).  Diffusers silently ignores
 condition images beyond the indices; here their counts must be equal.
 """
 
@@ -82,6 +83,12 @@ class AnimateDiffSparseControlNetPipeline(ControlMixinBase, AnimateDiffPipeline)
     @property
     def _control_image_name(self) -> str:
         return "conditioning_frames"
+
+    def enable_free_noise(self, *args: Any, **kwargs: Any) -> None:
+        """Not offered: the SparseControlNetModel's motion modules attend over all frames (Diffusers' SparseCtrl
+        pipeline has no FreeNoise either)."""
+        raise ValueError("FreeNoise is not available with AnimateDiffSparseControlNetPipeline: the SparseControlNetModel's "
+                         "motion modules attend over all frames; use AnimateDiffPipeline for FreeNoise")
 
     @torch.no_grad()
     def __call__(

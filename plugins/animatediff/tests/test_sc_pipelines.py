@@ -111,6 +111,24 @@ def test_the_condition_changes_the_video(pixel):
     assert fx.max_diff(base, _run(ours, output_type="latent", controlnet_frame_indices=[3])) > 1e-3
 
 
+def test_free_init_matches_diffusers(pixel):
+    theirs, ours = pixel
+    for pipe in pixel:
+        pipe.enable_free_init(num_iters=2, method="gaussian", spatial_stop_frequency=0.3, temporal_stop_frequency=0.3)
+    try:
+        a, b = _both(pixel, output_type="latent")
+    finally:
+        for pipe in pixel:
+            pipe.disable_free_init()
+    assert fx.max_diff(a, b) < ATOL
+    assert fx.max_diff(b, _run(ours, output_type="latent")) > 1e-3
+
+
+def test_free_noise_is_refused(pixel):
+    with pytest.raises(ValueError, match="FreeNoise is not available"):
+        pixel[1].enable_free_noise(context_length=4)
+
+
 def test_guidance_window(pixel):
     """The window from Diffusers' other ControlNet pipelines: outside it the net does not run, so a window that holds
     no step equals Diffusers with scale 0, and the full window equals the default."""
