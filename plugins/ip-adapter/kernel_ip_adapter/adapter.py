@@ -15,6 +15,13 @@
 * an :class:`kernel_ip_adapter.processor.IPAdapterAttnProcessor` on every cross-attention layer, holding
   each adapter's ``to_k_ip`` / ``to_v_ip`` for that layer and the layer's scale.
 
+The files number the attention layers of an SD UNet (self- and cross-attention alternately); in a UNet
+with AnimateDiff motion modules (``UNetMotionModel``) the motion modules' attention layers are left out of
+that numbering, as Diffusers does.  Such a UNet's own forward does not project image embeddings, so a
+forward pre-hook does it: ``added_cond_kwargs["image_embeds"]`` goes through ``encoder_hid_proj``, each
+video's tokens are repeated for its frames, and they reach the IP processors as the cross-attention
+keyword ``ip_adapter_image_tokens`` (what Diffusers' ``UNetMotionModel`` does inside its forward).
+
 A FaceID file's LoRA is not applied here (as Diffusers' UNet loader does not): :meth:`IPAdapter.lora_state_dicts`
 gives it, in Diffusers' attention-processor LoRA layout, to the pipeline, which loads it as a LoRA adapter.
 
@@ -25,6 +32,7 @@ UNet (an SDXL adapter on SD 1.5) leaves the model as it was.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +40,7 @@ import torch
 from torch import nn
 
 from kernel_ip_adapter.formats import IPAdapterFormatError, IPAdapterWeights, convert
-from kernel_ip_adapter.processor import IPAdapterAttnProcessor
+from kernel_ip_adapter.processor import IP_IMAGE_TOKENS, IPAdapterAttnProcessor
 from kernel_ip_adapter.projection import MultiIPAdapterImageProjection
 
 IP_IMAGE_PROJ = "ip_image_proj"
@@ -48,17 +56,45 @@ class _Saved:
     moved_text_proj: bool               # a "text_proj" projection went to text_encoder_hid_proj
     hid_dim_type: Any
     defaults_used: tuple
+    projection_hook: Any = None         # the forward pre-hook of a UNet with motion modules
+
+
+def is_motion_layer(name: str) -> bool:
+    """An attention layer of an AnimateDiff motion module (not numbered by IP-Adapter files)."""
+    return "motion_modules" in name
+
+
+#: Diffusers' UNets hold their blocks in this order (the order IP-Adapter files number their layers in), whatever
+#: order a UNet here registers them in (UNetMotionModel registers its mid block before the up blocks)
+_BLOCK_ORDER = {"down_blocks": 0, "up_blocks": 1, "mid_block": 2}
 
 
 def attention_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The UNet's attention modules in module order, without those inside ``encoder_hid_proj``."""
-    return [(name, m) for name, m in unet.named_modules()
-            if hasattr(m, "set_processor") and hasattr(m, "get_processor") and not name.startswith("encoder_hid_proj.")]
+    """The UNet's attention modules, down blocks, up blocks, then the mid block (module order within each), as
+    Diffusers lists them; without those inside ``encoder_hid_proj``."""
+    layers = [(name, m) for name, m in unet.named_modules()
+              if hasattr(m, "set_processor") and hasattr(m, "get_processor") and not name.startswith("encoder_hid_proj.")]
+    return sorted(layers, key=lambda item: _BLOCK_ORDER.get(item[0].split(".", 1)[0], len(_BLOCK_ORDER)))
 
 
 def ip_processors(unet: nn.Module) -> dict[str, IPAdapterAttnProcessor]:
     """``{attention module name: IP processor}`` of the IP-Adapter layers installed in ``unet``."""
     return {name: m.processor for name, m in attention_layers(unet) if isinstance(m.processor, IPAdapterAttnProcessor)}
+
+
+def _project_image_embeds(unet: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of a UNet with motion modules: ``added_cond_kwargs["image_embeds"]`` -> image tokens, one
+    row per frame, handed to the IP processors through ``cross_attention_kwargs``."""
+    call = inspect.signature(unet.forward).bind(*args, **kwargs).arguments
+    added = dict(call.get("added_cond_kwargs") or {})
+    if "image_embeds" not in added:
+        raise ValueError("an IP-Adapter is loaded in this UNet: pass added_cond_kwargs={'image_embeds': [...]} "
+                         "(one tensor per adapter), or remove the IP-Adapter")
+    frames = call["sample"].shape[2]
+    tokens = [t.repeat_interleave(frames, dim=0) for t in unet.encoder_hid_proj(added.pop("image_embeds"))]
+    call["added_cond_kwargs"] = added
+    call["cross_attention_kwargs"] = {**(call.get("cross_attention_kwargs") or {}), IP_IMAGE_TOKENS: tokens}
+    return (), dict(call)
 
 
 def installed(unet: nn.Module) -> bool:
@@ -91,6 +127,8 @@ def remove(unet: nn.Module) -> None:
     else:
         unet.encoder_hid_proj = saved.encoder_hid_proj
     _set_config(unet, saved.hid_dim_type, saved.defaults_used)
+    if saved.projection_hook is not None:
+        saved.projection_hook.remove()
     del unet.__dict__[_SAVED]
 
 
@@ -119,8 +157,8 @@ class IPAdapter:
         if not installed(unet) and kind not in (None, "text_proj"):
             raise ValueError(f"this UNet already projects its encoder states with encoder_hid_dim_type={kind!r}; "
                              "IP-Adapter cannot be added to it")
-        layers = [(name, m, n) for n, (name, m) in enumerate(attention_layers(unet))
-                  if getattr(m, "is_cross_attention", False)]
+        numbered = [(name, m) for name, m in attention_layers(unet) if not is_motion_layer(name)]
+        layers = [(name, m, n) for n, (name, m) in enumerate(numbered) if getattr(m, "is_cross_attention", False)]
         if not layers:
             raise ValueError(f"this {type(unet).__name__} has no cross-attention layers for IP-Adapter")
         wanted = {n for _, _, n in layers}
@@ -197,6 +235,8 @@ class IPAdapter:
             saved.moved_text_proj = True
         model.encoder_hid_proj = MultiIPAdapterImageProjection(projections)
         _set_config(model, IP_IMAGE_PROJ)
+        if any(is_motion_layer(name) for name, _ in attention_layers(model)):
+            saved.projection_hook = model.register_forward_pre_hook(_project_image_embeds, with_kwargs=True)
         object.__setattr__(model, _SAVED, saved)
 
     def remove(self, model: nn.Module) -> None:
@@ -209,5 +249,5 @@ def _span(numbers: set[int]) -> str:
     return "none" if not s else (", ".join(map(str, s)) if len(s) <= 6 else f"{s[0]}, {s[1]}, ..., {s[-1]}")
 
 
-__all__ = ["IPAdapter", "IPAdapterFormatError", "attention_layers", "installed", "ip_processors", "projection_layers",
-           "remove"]
+__all__ = ["IPAdapter", "IPAdapterFormatError", "attention_layers", "installed", "ip_processors", "is_motion_layer",
+           "projection_layers", "remove"]
