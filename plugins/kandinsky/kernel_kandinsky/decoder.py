@@ -312,8 +312,8 @@ class KandinskyV22ControlnetPipeline(KandinskyV22DecoderBase):
     def _prepare(self, call: SimpleNamespace) -> None:
         super()._prepare(call)
         if call.output_type == "latent":
-            raise ValueError("output_type='latent' is not supported by KandinskyV22ControlnetPipeline; use 'pil', "
-                             "'np' or 'pt'")
+            raise ValueError(f"output_type='latent' is not supported by {type(self).__name__}; use 'pil', 'np' or "
+                             "'pt'")
         hint = _as_hint(call.hint)
         f = self.movq_scale_factor
         wanted = (call.height // f * self.HINT_FACTOR, call.width // f * self.HINT_FACTOR)
@@ -354,6 +354,33 @@ class KandinskyV22ControlnetPipeline(KandinskyV22DecoderBase):
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        callback: Callable | None = None,
+        callback_steps: int = 1,
+        return_dict: bool = True,
+    ):
+        return self._generate(locals())
+
+
+class KandinskyV22ControlnetImg2ImgPipeline(KandinskyV22ControlnetPipeline, KandinskyV22Img2ImgPipeline):
+    """Image-to-image steered by a ``hint``: the hint conditioning of :class:`KandinskyV22ControlnetPipeline` on
+    the image-to-image task of :class:`KandinskyV22Img2ImgPipeline` (the image's MoVQ latents noised to
+    ``strength``); ``output_type="pt"`` is in [0, 1] as for image-to-image."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image_embeds: torch.Tensor | list[torch.Tensor],
+        image: torch.Tensor | PIL.Image.Image | list,
+        negative_image_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        hint: torch.Tensor | None = None,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        strength: float = 0.3,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str | None = "pil",
         callback: Callable | None = None,
         callback_steps: int = 1,

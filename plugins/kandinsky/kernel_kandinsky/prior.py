@@ -59,6 +59,15 @@ class KandinskyV22PriorPipeline(DiffusionPipeline):
         black = torch.zeros(1, 3, size, size, device=device, dtype=self.image_encoder.dtype)
         return self.image_encoder(black)["image_embeds"].repeat(batch_size, 1)
 
+    def encode_images(self, pixels: torch.Tensor, device=None) -> torch.Tensor:
+        """The image encoder's CLIP image embeddings ``(B, D)`` of preprocessed ``(B, 3, S, S)`` pixels."""
+        device = device or self.device
+        return self.image_encoder(pixels.to(device=device, dtype=self.image_encoder.dtype))["image_embeds"]
+
+    def _text_prior(self) -> "KandinskyV22PriorPipeline":
+        """The pipeline that samples an embedding from a prompt alone (``interpolate``'s prompts): this one."""
+        return self
+
     def _encode_text(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(text_embeds, last_hidden_state, mask)`` of ``prompts``, padded to the tokenizer's length."""
         tok = self.tokenizer
@@ -188,19 +197,19 @@ class KandinskyV22PriorPipeline(DiffusionPipeline):
         run = dict(num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
                    generator=generator, latents=latents, negative_prompt=negative_prior_prompt,
                    guidance_scale=guidance_scale)
+        sample = self._text_prior()
         total = 0
         for item, weight in zip(images_and_prompts, weights):
             if isinstance(item, str):
-                embeds = self(item, **run).image_embeds
+                embeds = sample(item, **run).image_embeds
             elif isinstance(item, (PIL.Image.Image, torch.Tensor)):
                 if isinstance(item, PIL.Image.Image):
                     item = self.image_processor(item, return_tensors="pt").pixel_values[:1]
-                item = item.to(device=device, dtype=self.image_encoder.dtype)
-                embeds = self.image_encoder(item)["image_embeds"].repeat(num_images_per_prompt, 1)
+                embeds = self.encode_images(item, device).repeat(num_images_per_prompt, 1)
             else:
                 raise ValueError(f"images_and_prompts items must be str, PIL.Image.Image or torch.Tensor, "
                                  f"got {type(item).__name__}")
             total = total + embeds * weight
-        zero = self(negative_prompt, **run)
+        zero = sample(negative_prompt, **run)
         negative = zero.negative_image_embeds if negative_prompt == "" else zero.image_embeds
         return KandinskyPriorPipelineOutput(image_embeds=total, negative_image_embeds=negative)

@@ -57,6 +57,23 @@ class TestKandinskyV22PriorPipelineContracts(PipelineContract):
     contract_options = {"output_types": ("pt", "np")}
 
 
+def emb2emb_pipes():
+    from kernel_kandinsky import KandinskyV22PriorEmb2EmbPipeline
+
+    return None, KandinskyV22PriorEmb2EmbPipeline.from_pipe(prior_pipes()[1])
+
+
+def emb2emb_inputs(pipe, batch_size, generator):
+    image = torch.randn(1, EMBED, generator=generator)
+    return dict(prior_inputs(pipe, batch_size, generator), image=image, num_inference_steps=4, strength=0.5)
+
+
+class TestKandinskyV22PriorEmb2EmbPipelineContracts(PipelineContract):
+    component = staticmethod(lambda: _ours(emb2emb_pipes))
+    contract_inputs = staticmethod(emb2emb_inputs)
+    contract_options = {"output_types": ("pt", "np")}
+
+
 def decoder_inputs(pipe, batch_size, generator):
     pos, neg = _embeds(batch_size, generator)
     return dict(image_embeds=pos, negative_image_embeds=neg, **SIZE, num_inference_steps=2, generator=generator)
@@ -105,6 +122,18 @@ class TestKandinskyV22ControlnetPipelineContracts(PipelineContract):
     contract_options = {"output_types": ("pil", "np", "pt")}
 
 
+def controlnet_img2img_inputs(pipe, batch_size, generator):
+    return dict(controlnet_inputs(pipe, batch_size, generator), image=_image(batch_size), num_inference_steps=4,
+                strength=0.5)
+
+
+class TestKandinskyV22ControlnetImg2ImgPipelineContracts(PipelineContract):
+    component = staticmethod(lambda: _ours(decoder_pipes, "KandinskyV22ControlnetImg2ImgPipeline",
+                                           unet_over=(("in_channels", 8), ("addition_embed_type", "image_hint"))))
+    contract_inputs = staticmethod(controlnet_img2img_inputs)
+    contract_options = {"output_types": ("pil", "np", "pt")}
+
+
 def combined_inputs(pipe, batch_size, generator):
     return dict(prior_inputs(pipe, batch_size, generator), **SIZE, prior_num_inference_steps=2)
 
@@ -140,6 +169,7 @@ class TestKandinskyV22InpaintCombinedPipelineContracts(PipelineContract):
 # (VQModel's autoencoder contracts live in test_vq_model.py).
 CONTRACT_COVERS = ["VQModel", "PriorTransformer", "KandinskyV22PriorPipeline", "KandinskyV22Pipeline",
                    "KandinskyV22Img2ImgPipeline", "KandinskyV22InpaintPipeline", "KandinskyV22ControlnetPipeline",
+                   "KandinskyV22PriorEmb2EmbPipeline", "KandinskyV22ControlnetImg2ImgPipeline",
                    "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline",
                    "KandinskyV22InpaintCombinedPipeline"]
 
