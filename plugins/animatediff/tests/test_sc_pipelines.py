@@ -206,3 +206,12 @@ def test_one_net_only(pixel):
             block_out_channels=(8, 16), layers_per_block=1, cross_attention_dim=32, norm_num_groups=2,
             attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             conditioning_embedding_out_channels=(4, 8)))
+
+
+def test_from_pipe_of_the_text_to_video_pipeline(pixel):
+    _, ours = pixel
+    _, text2video = fx.pipelines()  # the same components as the fixture's
+    sparse = AnimateDiffSparseControlNetPipeline.from_pipe(text2video, controlnet=controlnet_pair(False)[1])
+    sparse.set_progress_bar_config(disable=True)
+    assert sparse.unet is text2video.unet
+    assert fx.max_diff(_run(sparse, output_type="latent"), _run(ours, output_type="latent")) < 1e-6
