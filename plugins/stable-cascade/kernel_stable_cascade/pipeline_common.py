@@ -68,7 +68,32 @@ def check_text_inputs(call: SimpleNamespace) -> None:
                              "negative prompt, or one per prompt")
 
 
-class _CascadeStage(DiffusionPipeline):
+class StageAEntry:
+    """Writes stage A as ``["stable_cascade", "PaellaVQModel"]`` in ``model_index.json``.
+
+    Diffusers 0.42.1 writes ``["diffusers", "PaellaVQModel"]`` but cannot resolve that entry itself (the class moved
+    to its deprecated Würstchen package), not even when the model is passed in; with a pipeline-package library it
+    accepts the model passed to ``from_pretrained(..., vqgan=...)``.  Both entries load here.
+    """
+
+    _stage_a_entry = ["stable_cascade", "PaellaVQModel"]
+
+    def _fix_stage_a_entries(self) -> None:
+        for name in self.__dict__.get("_component_keys", ()):
+            if type(self.__dict__.get(name)).__name__ == "PaellaVQModel":
+                self.register_to_config(**{name: list(self._stage_a_entry)})
+
+    def register_modules(self, **modules: Any) -> None:
+        super().register_modules(**modules)
+        self._fix_stage_a_entries()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in self.__dict__.get("_component_keys", ()):
+            self._fix_stage_a_entries()
+
+
+class _CascadeStage(StageAEntry, DiffusionPipeline):
     """Shared by the prior and the decoder (see the module docstring)."""
 
     pipeline_family = "stable-cascade"

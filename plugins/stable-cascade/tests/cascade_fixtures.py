@@ -160,3 +160,22 @@ def max_diff(a, b) -> float:
     a, b = (x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in (a, b))
     assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
     return (a.float() - b.float()).abs().max().item()
+
+
+def combined_pipes():
+    """Diffusers' combined pipeline and ours over the same weights; the decoder stage has its own text encoder."""
+    import diffusers
+
+    from kernel_stable_cascade import StableCascadeCombinedPipeline
+
+    p_ref, p_ours = unet_pair(PRIOR, std=0.03)
+    u_ref, u_ours = unet_pair(DECODER, seed=1)
+    v_ref, v_ours = vqgan_pair(seed=2)
+    (s_ref, s_ours), (ps_ref, ps_ours) = scheduler_pair(), scheduler_pair()
+    shared = dict(text_encoder=text_encoder(1), tokenizer=tokenizer(), prior_text_encoder=text_encoder(),
+                  prior_tokenizer=tokenizer())
+    ref = diffusers.StableCascadeCombinedPipeline(decoder=u_ref, vqgan=v_ref, scheduler=s_ref, prior_prior=p_ref,
+                                                  prior_scheduler=ps_ref, **shared)
+    ours = StableCascadeCombinedPipeline(decoder=u_ours, vqgan=v_ours, scheduler=s_ours, prior_prior=p_ours,
+                                         prior_scheduler=ps_ours, **shared)
+    return _quiet(ref, ours)

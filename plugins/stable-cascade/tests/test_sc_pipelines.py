@@ -14,6 +14,7 @@ import torch
 from cascade_fixtures import decoder_pipes, gen, max_diff, prior_pipes
 
 diffusers = pytest.importorskip("diffusers")
+from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel as RefPaella  # noqa: E402
 
 TOL = 1e-3
 STEPS = dict(num_inference_steps=2)
@@ -207,8 +208,13 @@ def test_folders_load_both_ways(tmp_path):
     d_ref, d_ours = decoders()
     p_ours.save_pretrained(tmp_path / "prior")
     d_ref.save_pretrained(tmp_path / "decoder")
+    d_ours.save_pretrained(tmp_path / "our-decoder")
     theirs = diffusers.StableCascadePriorPipeline.from_pretrained(tmp_path / "prior")
     mine = type(d_ours).from_pretrained(tmp_path / "decoder")
+    # Diffusers 0.42.1 cannot resolve the ["diffusers", "PaellaVQModel"] entry it writes itself: give it stage A
+    vqgan = RefPaella.from_pretrained(tmp_path / "our-decoder" / "vqgan")
+    their_decoder = diffusers.StableCascadeDecoderPipeline.from_pretrained(tmp_path / "our-decoder", vqgan=vqgan)
+    their_decoder.set_progress_bar_config(disable=True)
     assert theirs.config.resolution_multiple == 42.67 and mine.config.latent_dim_scale == 10.67
     for pipe in (theirs, mine):
         pipe.set_progress_bar_config(disable=True)
@@ -218,3 +224,5 @@ def test_folders_load_both_ways(tmp_path):
     emb = _embeddings()
     assert max_diff(mine(emb, prompt="horse", generator=gen(0), output_type="np", **STEPS).images,
                     d_ref(emb, prompt="horse", generator=gen(0), output_type="np", **STEPS).images) < TOL
+    assert max_diff(their_decoder(emb, prompt="horse", generator=gen(0), output_type="np", **STEPS).images,
+                    d_ours(emb, prompt="horse", generator=gen(0), output_type="np", **STEPS).images) < TOL

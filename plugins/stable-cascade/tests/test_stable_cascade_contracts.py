@@ -7,13 +7,14 @@ import functools
 
 import torch
 
-from cascade_fixtures import DECODER, decoder_pipes, prior_pipes
+from cascade_fixtures import DECODER, combined_pipes, decoder_pipes, prior_pipes
 from kernel_contracts import DenoiserContract, PipelineContract, SchedulerContract
 from kernel_stable_cascade import StableCascadeUNet
 
 #: The components below are built by functions, which the coverage scan cannot read (PaellaVQModel: its
 #: autoencoder contracts are in test_paella_vq_model.py).
-CONTRACT_COVERS = ["StableCascadeUNet", "PaellaVQModel", "StableCascadePriorPipeline", "StableCascadeDecoderPipeline"]
+CONTRACT_COVERS = ["StableCascadeUNet", "PaellaVQModel", "StableCascadePriorPipeline", "StableCascadeDecoderPipeline",
+                   "StableCascadeCombinedPipeline"]
 
 
 def tiny_unet():
@@ -69,3 +70,27 @@ class TestStableCascadeDecoderPipelineContracts(PipelineContract):
     component = staticmethod(lambda: _pipes("decoder"))
     contract_inputs = staticmethod(decoder_call)
     known_failures = {"callback_on_step_end": _N_PLUS_ONE}
+
+
+@functools.lru_cache(maxsize=None)
+def _combined():
+    return combined_pipes()[1]
+
+
+def combined_call(pipe, batch_size, generator):
+    return dict(prompt=[_PROMPTS[i % 3] for i in range(batch_size)], height=128, width=128,
+                prior_num_inference_steps=2, num_inference_steps=2, generator=generator)
+
+
+class TestStableCascadeCombinedPipelineContracts(PipelineContract):
+    component = staticmethod(_combined)
+    contract_inputs = staticmethod(combined_call)
+    known_failures = {"callback_on_step_end": _N_PLUS_ONE}
+
+
+def test_contract_covers_names_what_the_plugin_registers():
+    from importlib.metadata import entry_points
+
+    registered = {ep.name for ep in entry_points(group="kernel.components")
+                  if ep.value.startswith("kernel_stable_cascade")}
+    assert registered == set(CONTRACT_COVERS) | {"DDPMWuerstchenScheduler"}
