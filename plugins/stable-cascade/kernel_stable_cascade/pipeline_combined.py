@@ -81,6 +81,9 @@ class StableCascadeCombinedPipeline(StageAEntry, DiffusionPipeline):
             generator=generator, latents=latents, output_type="pt", return_dict=True,
             callback_on_step_end=prior_callback_on_step_end,
             callback_on_step_end_tensor_inputs=prior_callback_on_step_end_tensor_inputs)
+        if prior.negative_prompt_embeds is None and isinstance(negative_prompt, list):
+            # the decoder's prompts are the prior's rows (num_images_per_prompt each): one negative prompt per row
+            negative_prompt = [text for text in negative_prompt for _ in range(num_images_per_prompt)]
         out = self.decoder_pipe(
             image_embeddings=prior.image_embeddings, prompt=None, num_inference_steps=num_inference_steps,
             guidance_scale=decoder_guidance_scale,

@@ -60,6 +60,35 @@ def test_equals_the_two_stages_by_hand():
     assert torch.equal(combined.images, by_hand)
 
 
+def test_prompt_embeds_match_diffusers():
+    ref, ours = pipes()
+    enc = ours.prior_pipe(["horse", "a cat"], negative_prompt=["blurry", "ugly"], height=128, width=128,
+                          num_inference_steps=1, generator=gen(0))
+    kwargs = dict(RUN, prompt_embeds=enc.prompt_embeds, prompt_embeds_pooled=enc.prompt_embeds_pooled,
+                  negative_prompt_embeds=enc.negative_prompt_embeds,
+                  negative_prompt_embeds_pooled=enc.negative_prompt_embeds_pooled)
+    assert max_diff(ref(generator=gen(0), **kwargs).images, ours(generator=gen(0), **kwargs).images) < TOL
+
+
+def test_decoder_guidance_without_prior_guidance_uses_the_negative_prompts():
+    # Diffusers fails here (the prior returns no negative embeddings); the decoder encodes one negative per row
+    _, ours = pipes()
+    kwargs = dict(RUN, prompt=["horse", "a cat"], negative_prompt=["blurry", "ugly"], num_images_per_prompt=2,
+                  prior_guidance_scale=1.0, decoder_guidance_scale=3.0, output_type="pt")
+    guided = ours(generator=gen(0), **kwargs).images
+    g = gen(0)
+    stage_c = ours.prior_pipe(["horse", "a cat"], height=128, width=200, num_inference_steps=2, guidance_scale=1.0,
+                              num_images_per_prompt=2, generator=g)
+    assert stage_c.negative_prompt_embeds is None
+    by_hand = ours.decoder_pipe(stage_c.image_embeddings, prompt_embeds=stage_c.prompt_embeds,
+                                prompt_embeds_pooled=stage_c.prompt_embeds_pooled,
+                                negative_prompt=["blurry", "blurry", "ugly", "ugly"], guidance_scale=3.0,
+                                num_inference_steps=2, output_type="pt", generator=g).images
+    assert guided.shape == (4, 3, 128, 212) and torch.equal(guided, by_hand)
+    unguided = ours(generator=gen(0), **{**kwargs, "decoder_guidance_scale": 0.0}).images
+    assert max_diff(guided, unguided) > 1e-3
+
+
 def test_callbacks_reach_both_stages():
     _, ours = pipes()
     seen = {"prior": [], "decoder": []}
