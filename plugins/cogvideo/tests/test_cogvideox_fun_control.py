@@ -80,6 +80,30 @@ def test_matches_diffusers(kw):
         assert got.shape == (1, 8, 3, fx.SIZE, fx.SIZE)
 
 
+def test_diffusers_test_inputs_with_plain_ddim_match():
+    """Diffusers' own test: plain DDIMScheduler, black control frames, an empty negative prompt."""
+    from PIL import Image
+
+    from kernel_sched_ddim import DDIMScheduler
+
+    pipe, ref = _pipes()
+    ours = CogVideoXFunControlPipeline(**{**pipe.components, "scheduler": DDIMScheduler()})
+    theirs = diffusers.CogVideoXFunControlPipeline(**{**ref.components, "scheduler": diffusers.DDIMScheduler()})
+    for p in (ours, theirs):
+        p.set_progress_bar_config(disable=True)
+    args = _args(prompt="dance monkey", negative_prompt="", control_video=[Image.new("RGB", (fx.SIZE, fx.SIZE))] * 8)
+    expected = theirs(**args, generator=torch.Generator().manual_seed(0)).frames
+    got = ours(**args, generator=torch.Generator().manual_seed(0)).frames
+    assert got.shape == (1, 8, 3, fx.SIZE, fx.SIZE)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+def test_one_control_video_per_prompt_matches_diffusers():
+    videos = [fx.video(frames=8, seed=s) for s in (1, 2, 3)]
+    got = _compare(prompt=["a cat", "the dog", "a photo"], control_video=videos)
+    assert got.shape[0] == 3
+
+
 def test_explicit_latents_and_embeds_match_diffusers():
     pipe, ref = _pipes()
     latents = torch.randn(1, 2, 4, 2, 2, generator=torch.Generator().manual_seed(7))
