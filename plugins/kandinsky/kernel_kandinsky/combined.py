@@ -13,9 +13,10 @@ import PIL.Image
 import torch
 
 from kernel.pipeline import DiffusionPipeline
+from kernel.pipeline_utils import check_strength
 
 from kernel_kandinsky.decoder import KandinskyV22Img2ImgPipeline, KandinskyV22InpaintPipeline, KandinskyV22Pipeline
-from kernel_kandinsky.prior import KandinskyV22PriorPipeline
+from kernel_kandinsky.prior import KandinskyV22PriorPipeline, check_stage_pair
 
 
 def _tile(items: Any, count: int) -> Any:
@@ -44,6 +45,7 @@ class _KandinskyV22Combined(DiffusionPipeline):
                                                     text_encoder=prior_text_encoder, tokenizer=prior_tokenizer,
                                                     scheduler=prior_scheduler, image_processor=prior_image_processor)
         self.decoder_pipe = self._decoder_class(unet=unet, scheduler=scheduler, movq=movq)
+        check_stage_pair(self.prior_pipe, self.decoder_pipe)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         super().set_progress_bar_config(**kwargs)
@@ -130,6 +132,7 @@ class KandinskyV22Img2ImgCombinedPipeline(_KandinskyV22Combined):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006
     ):
+        check_strength(strength)  # before the prior runs
         embeds, negative = self._prior(prompt, negative_prompt, num_images_per_prompt, prior_num_inference_steps,
                                        generator, latents, prior_guidance_scale, prior_callback_on_step_end,
                                        prior_callback_on_step_end_tensor_inputs)

@@ -10,6 +10,7 @@ import PIL.Image
 import torch
 
 from kernel.pipeline import DiffusionPipeline
+from kernel.pipeline_utils import check_strength
 
 from kernel_kandinsky.combined import _tile
 from kernel_kandinsky.kandinsky21 import (
@@ -19,6 +20,7 @@ from kernel_kandinsky.kandinsky21 import (
     KandinskyPriorPipeline,
     _DiffusersIndexNames,
 )
+from kernel_kandinsky.prior import check_stage_pair
 
 
 class _KandinskyCombined(_DiffusersIndexNames, DiffusionPipeline):
@@ -43,6 +45,7 @@ class _KandinskyCombined(_DiffusersIndexNames, DiffusionPipeline):
                                                  scheduler=prior_scheduler, image_processor=prior_image_processor)
         self.decoder_pipe = self._decoder_class(text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                               scheduler=scheduler, movq=movq)
+        check_stage_pair(self.prior_pipe, self.decoder_pipe)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         super().set_progress_bar_config(**kwargs)
@@ -118,6 +121,7 @@ class KandinskyImg2ImgCombinedPipeline(_KandinskyCombined):
         callback_steps: int = 1,
         return_dict: bool = True,
     ):
+        check_strength(strength)  # before the prior runs
         embeds, negative, prompts = self._prior(prompt, negative_prompt, num_images_per_prompt,
                                                 prior_num_inference_steps, generator, latents, prior_guidance_scale)
         outputs = self.decoder_pipe(prompt=prompts, image=_tile(image, embeds.shape[0]), image_embeds=embeds,

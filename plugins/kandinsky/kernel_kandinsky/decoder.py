@@ -396,4 +396,7 @@ def _as_hint(hint: Any) -> torch.Tensor:
         raise TypeError(f"hint must be a torch.Tensor (B, 3, H, W) or a list of them, got {type(hint).__name__}")
     if hint.ndim != 4:
         raise ValueError(f"hint must be 4-D (batch, channels, height, width), got shape {tuple(hint.shape)}")
+    if hint.shape[1] != 3:
+        raise ValueError(f"hint must have 3 channels (the UNet's hint encoder takes RGB; repeat a one-channel depth "
+                         f"map over 3), got {hint.shape[1]}")
     return hint

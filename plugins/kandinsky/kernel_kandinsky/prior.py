@@ -39,6 +39,23 @@ def _prompt_list(value: Any, name: str, optional: bool = False) -> list[str] | N
     raise ValueError(f"{name} must be a str or a non-empty list of str, got {type(value).__name__}")
 
 
+def prior_width(prior: Any) -> int | None:
+    """The width of the image embeddings a :class:`PriorTransformer` makes (None without a prior)."""
+    cfg = getattr(prior, "config", None)
+    if cfg is None:
+        return None
+    return getattr(cfg, "clip_embed_dim", None) or getattr(cfg, "embedding_dim", None)
+
+
+def check_stage_pair(prior_pipe: Any, decoder_pipe: Any) -> None:
+    """A combined pipeline's prior must make embeddings of the width its decoder's UNet takes."""
+    made = prior_width(getattr(prior_pipe, "prior", None))
+    taken = decoder_pipe._embedding_width() if getattr(decoder_pipe, "unet", None) is not None else None
+    if made is not None and taken is not None and made != taken:
+        raise ValueError(f"prior_prior makes image embeddings of width {made} but the decoder's unet takes width "
+                         f"{taken}; this prior and decoder do not fit (use the prior released with the decoder)")
+
+
 class KandinskyV22PriorPipeline(DiffusionPipeline):
     """Text (and image) -> CLIP image embeddings for the Kandinsky 2.2 decoder."""
 
@@ -48,6 +65,10 @@ class KandinskyV22PriorPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "prompt_embeds", "text_encoder_hidden_states", "text_mask"]
 
     def __init__(self, prior, image_encoder, text_encoder, tokenizer, scheduler, image_processor) -> None:
+        width, encoded = prior_width(prior), getattr(getattr(image_encoder, "config", None), "projection_dim", None)
+        if width is not None and encoded is not None and width != encoded:
+            raise ValueError(f"image_encoder gives image embeddings of width {encoded} (config.projection_dim) but the "
+                             f"prior makes embeddings of width {width}; use the image encoder released with this prior")
         self.register_modules(prior=prior, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                               image_encoder=image_encoder, image_processor=image_processor)
 

@@ -129,6 +129,7 @@ def test_folders_both_ways(pipes, tmp_path):
     (dict(hint=torch.rand(1, 3, 64, 64)), ValueError, "takes a hint of 128x128"),
     (dict(hint=torch.rand(2, 3, 128, 128)), ValueError, "one hint per embedding"),
     (dict(hint=torch.rand(3, 128, 128)), ValueError, "hint must be 4-D"),
+    (dict(hint=torch.rand(1, 1, 128, 128)), ValueError, "hint must have 3 channels"),
     (dict(height=30), ValueError, "height must be a positive multiple of 4"),
     (dict(width=34), ValueError, "width must be a positive multiple of 4"),
     (dict(image="a.png"), ValueError, "image must be a PIL image, a tensor"),
