@@ -97,6 +97,8 @@ class _CascadeStage(StageAEntry, DiffusionPipeline):
     """Shared by the prior and the decoder (see the module docstring)."""
 
     pipeline_family = "stable-cascade"
+    #: How the latent shape is made, for the error on ``latents`` of the wrong shape.
+    _latent_rule = ""
 
     # ---------------------------------------------------------------- text (a subclass hook)
     def _text_encoder_outputs(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +164,6 @@ class _CascadeStage(StageAEntry, DiffusionPipeline):
             raise ValueError(f"latents must have shape {tuple(shape)} for this call ({self._latent_rule}), got "
                              f"{tuple(call.latents.shape)}")
         return call.latents.to(device=call.device, dtype=call.dtype)
-
-    _latent_rule = ""
 
     @staticmethod
     def _ratio(timestep: torch.Tensor, model_input: torch.Tensor) -> torch.Tensor:

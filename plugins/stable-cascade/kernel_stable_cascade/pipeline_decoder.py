@@ -44,8 +44,8 @@ class StableCascadeDecoderPipeline(_CascadeStage):
                               vqgan=vqgan)
         self.register_to_config(latent_dim_scale=latent_dim_scale)
 
-    #: Input channels of the embeddings the decoder takes (a subclass with another denoiser overrides it).
     def _embedding_channels(self) -> int:
+        """Channels of the image embeddings the decoder takes (a subclass with another denoiser overrides it)."""
         return self.decoder.config.effnet_in_channels
 
     # ---------------------------------------------------------------- engine hooks
