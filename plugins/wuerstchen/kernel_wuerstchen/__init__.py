@@ -5,5 +5,9 @@ Stage A (``PaellaVQModel``) and the sampler (``DDPMWuerstchenScheduler``) come f
 
 from kernel_wuerstchen.modeling_diffnext import WuerstchenDiffNeXt
 from kernel_wuerstchen.modeling_prior import WuerstchenPrior
+from kernel_wuerstchen.pipelines import (DEFAULT_STAGE_C_TIMESTEPS, WuerstchenCombinedPipeline,
+                                         WuerstchenDecoderPipeline, WuerstchenPriorPipeline,
+                                         WuerstchenPriorPipelineOutput)
 
-__all__ = ["WuerstchenDiffNeXt", "WuerstchenPrior"]
+__all__ = ["DEFAULT_STAGE_C_TIMESTEPS", "WuerstchenCombinedPipeline", "WuerstchenDecoderPipeline", "WuerstchenDiffNeXt",
+           "WuerstchenPrior", "WuerstchenPriorPipeline", "WuerstchenPriorPipelineOutput"]

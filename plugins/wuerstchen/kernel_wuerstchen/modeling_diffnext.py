@@ -196,7 +196,9 @@ class WuerstchenDiffNeXt(ModelMixin, AttentionMixin):
         if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != self.config.c_in:
             raise ValueError(f"x (with x_cat) must be a (B, {self.config.c_in}, H, W) tensor, "
                              f"got {getattr(x, 'shape', type(x))}")
-        if not torch.is_tensor(effnet) or effnet.ndim != 4 or effnet.shape[1] != self.config.effnet_embd:
+        # A decoder that injects the embedding at no level never reads its channels (Diffusers' test decoder).
+        injected = any(self.config.inject_effnet)
+        if not torch.is_tensor(effnet) or effnet.ndim != 4 or (injected and effnet.shape[1] != self.config.effnet_embd):
             raise ValueError(f"effnet must be a (B, {self.config.effnet_embd}, h, w) image embedding, "
                              f"got {getattr(effnet, 'shape', type(effnet))}")
         if not torch.is_tensor(r):

@@ -72,3 +72,67 @@ def tokenizer():
 @functools.lru_cache(maxsize=None)
 def text_encoder(seed: int = 0):
     return tiny_clip_text_model(tokenizer(), seed=seed, hidden_size=EMBED, num_hidden_layers=2).eval()
+
+
+#: A decoder whose text and embedding matter: attention at the second level, effnet injected there.
+DECODER_TEXT = {**DECODER_LEVELS, "clip_embd": EMBED}
+
+
+def _schedulers():
+    import diffusers
+    from kernel_stable_cascade import DDPMWuerstchenScheduler
+
+    return diffusers.DDPMWuerstchenScheduler(), DDPMWuerstchenScheduler()
+
+
+def prior_pipes(std: float = 0.1):
+    """(Diffusers' WuerstchenPriorPipeline, ours) over the same tiny components."""
+    import diffusers
+    from kernel_wuerstchen import WuerstchenPriorPipeline
+
+    ref_model = randomize(diffusers_wuerstchen().WuerstchenPrior(**PRIOR), 0, std)
+    s_ref, s_ours = _schedulers()
+    ref = diffusers.WuerstchenPriorPipeline(tokenizer=tokenizer(), text_encoder=text_encoder(), prior=ref_model,
+                                            scheduler=s_ref)
+    ours = WuerstchenPriorPipeline(tokenizer=tokenizer(), text_encoder=text_encoder(), prior=ours_of(ref_model),
+                                   scheduler=s_ours)
+    for p in (ref, ours):
+        p.set_progress_bar_config(disable=True)
+    return ref, ours
+
+
+def decoder_pipes(config: dict = DECODER_TEXT):
+    """(Diffusers' WuerstchenDecoderPipeline, ours) over the same tiny components (the 320-wide test decoder with
+    smaller weights, so its outputs stay in a range where fp32 agrees to 1e-4 rather than saturating)."""
+    import diffusers
+    from kernel_wuerstchen import WuerstchenDecoderPipeline
+
+    ref_model, vq = ref_decoder(config, std=0.02 if config["c_hidden"][0] >= 320 else 0.1), ref_vqgan()
+    s_ref, s_ours = _schedulers()
+    ref = diffusers.WuerstchenDecoderPipeline(tokenizer=tokenizer(), text_encoder=text_encoder(), decoder=ref_model,
+                                              scheduler=s_ref, vqgan=vq)
+    ours = WuerstchenDecoderPipeline(tokenizer=tokenizer(), text_encoder=text_encoder(), decoder=ours_of(ref_model),
+                                     scheduler=s_ours, vqgan=ours_of(vq))
+    for p in (ref, ours):
+        p.set_progress_bar_config(disable=True)
+    return ref, ours
+
+
+def combined_pipes(decoder_config: dict = DECODER):
+    """(Diffusers' WuerstchenCombinedPipeline, ours): Diffusers' test set-up (its decoder by default)."""
+    import diffusers
+    from kernel_wuerstchen import WuerstchenCombinedPipeline
+
+    prior_ref, prior_ours = prior_pipes()
+    dec_ref, dec_ours = decoder_pipes(decoder_config)
+    ref = diffusers.WuerstchenCombinedPipeline(**dec_ref.components,
+                                               **{f"prior_{k}": v for k, v in prior_ref.components.items()})
+    ours = WuerstchenCombinedPipeline(**dec_ours.components,
+                                      **{f"prior_{k}": v for k, v in prior_ours.components.items()})
+    for p in (ref, ours):
+        p.set_progress_bar_config(disable=True)
+    return ref, ours
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
