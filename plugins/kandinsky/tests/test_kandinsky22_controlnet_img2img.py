@@ -58,8 +58,8 @@ def _args(batch=1, as_list=False, image=None, height=32, width=32, generator=Non
     generator = [gen(g) for g in generator] if generator else gen()
     kwargs.setdefault("output_type", "np")
     return dict(image_embeds=pos, image=image if image is not None else _image(), negative_image_embeds=neg,
-                hint=_hint(batch, height * 4, width * 4) * hint_scale, height=height, width=width, num_inference_steps=STEPS,
-                generator=generator, **kwargs)
+                hint=_hint(batch, height * 4, width * 4) * hint_scale, height=height, width=width,
+                num_inference_steps=STEPS, generator=generator, **kwargs)
 
 
 @pytest.mark.parametrize("case", list(CASES))

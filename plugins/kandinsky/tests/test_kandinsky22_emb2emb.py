@@ -145,7 +145,8 @@ def test_folders_both_ways(eps, tmp_path):
     assert isinstance(mine, KandinskyV22PriorEmb2EmbPipeline)
     for p in (back, mine):
         p.set_progress_bar_config(disable=True)
-    a, b, c = (p("a cat", _image(), generator=gen(), num_inference_steps=STEPS).image_embeds for p in (back, mine, ours))
+    a, b, c = (p("a cat", _image(), generator=gen(), num_inference_steps=STEPS).image_embeds
+               for p in (back, mine, ours))
     assert max_diff(a, b) < TOL and max_diff(b, c) < TOL
 
 
