@@ -1,0 +1,189 @@
+"""Issue 17's parity cases that the per-pipeline test files left out, against Diffusers 0.42.1: SparseCtrl with
+explicit latents and a swapped scheduler; video-to-video folders both ways, tensor and latent outputs and a
+multistep scheduler; SDXL with two prompts and a generator each, num_videos_per_prompt and PIL output; text-to-video with a
+multistep scheduler; FreeNoise with explicit latents, with a swapped scheduler, with decode_chunk_size and off again
+after disable_free_noise."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffusers
+import kernel
+from kernel.pipeline import DiffusionPipeline
+
+sys.path.insert(0, str(Path(__file__).parent))
+import ad_fixtures as fx  # noqa: E402
+from ad_fixtures import single_thread  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+BASE = dict(prompt="a cat walks", num_frames=fx.FRAMES, height=fx.SIZE, width=fx.SIZE, num_inference_steps=2,
+            output_type="np")
+V2V = dict(prompt="a cat walks", height=fx.SIZE, width=fx.SIZE, num_inference_steps=4, strength=0.6, output_type="np")
+ATOL = 1e-3
+
+
+def _check(name, got, want, atol=ATOL):
+    diff = fx.max_diff(got, want)
+    print(f"max diff {name}: {diff:.2e}")
+    assert diff < atol, (name, diff)
+    return diff
+
+
+def _swap(pair, name, cls_name, **over):
+    theirs, ours = pair
+    d_s, k_s = fx.scheduler_pair(cls_name, **over)
+    new = (getattr(diffusers, name)(**{**theirs.components, "scheduler": d_s}),
+           kernel.component(name).from_pipe(ours, scheduler=k_s))
+    for p in new:
+        p.set_progress_bar_config(disable=True)
+    return new
+
+
+def _run_both(pair, base=BASE, generators=None, **kwargs):
+    theirs, ours = pair
+    args = {**base, **kwargs}
+    make = generators or (lambda: fx.gen(0))
+    torch.manual_seed(42)  # SparseCtrl's simplified embedding samples the VAE with the global generator
+    want = theirs(**args, generator=make()).frames
+    torch.manual_seed(42)
+    got = ours(**args, generator=make()).frames
+    return got, want
+
+
+# ------------------------------------------------------------------------------------------ SparseCtrl
+@pytest.fixture(scope="module")
+def sparse():
+    from test_sc_pipelines import pipelines
+
+    return pipelines(simplified=False)
+
+
+def test_sparse_control_explicit_latents(sparse):
+    latents = torch.randn(1, 4, fx.FRAMES, 8, 8, generator=fx.gen(9))
+    got, want = _run_both(sparse, conditioning_frames=fx.video(frames=1, seed=3), latents=latents)
+    _check("sparsectrl latents", got, want)
+
+
+def test_sparse_control_scheduler_swap(sparse):
+    pair = _swap(sparse, "AnimateDiffSparseControlNetPipeline", "EulerDiscreteScheduler")
+    got, want = _run_both(pair, conditioning_frames=fx.video(frames=2, seed=3), controlnet_frame_indices=[0, 3])
+    _check("sparsectrl euler", got, want)
+
+
+# ------------------------------------------------------------------------------------------ video-to-video
+@pytest.fixture(scope="module")
+def v2v():
+    return fx.pipelines("AnimateDiffVideoToVideoPipeline")
+
+
+def test_video_to_video_folders_both_ways(v2v, tmp_path):
+    theirs, ours = v2v
+    args = {**V2V, "video": fx.video()}
+    want = theirs(**args, generator=fx.gen(0)).frames
+    theirs.save_pretrained(tmp_path / "theirs")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "theirs")
+    assert type(loaded).__name__ == "AnimateDiffVideoToVideoPipeline"
+    assert type(loaded.unet).__name__ == "UNetMotionModel"
+    loaded.set_progress_bar_config(disable=True)
+    _check("v2v diffusers folder here", loaded(**args, generator=fx.gen(0)).frames, want)
+    ours.save_pretrained(tmp_path / "ours")
+    back = diffusers.AnimateDiffVideoToVideoPipeline.from_pretrained(tmp_path / "ours")
+    back.set_progress_bar_config(disable=True)
+    _check("v2v our folder in diffusers", back(**args, generator=fx.gen(0)).frames, want)
+
+
+@pytest.mark.parametrize("output_type", ["pt", "latent"])
+def test_video_to_video_output_types(v2v, output_type):
+    got, want = _run_both(v2v, base=V2V, video=fx.video(), output_type=output_type)
+    _check(f"v2v {output_type}", got, want)
+
+
+def test_video_to_video_multistep_scheduler_and_strength(v2v):
+    pair = _swap(v2v, "AnimateDiffVideoToVideoPipeline", "DPMSolverMultistepScheduler")
+    got, want = _run_both(pair, base=V2V, video=fx.video(), strength=0.75, num_inference_steps=5)
+    _check("v2v dpm++ strength 0.75", got, want)
+
+
+# ------------------------------------------------------------------------------------------ text-to-video
+@pytest.fixture(scope="module")
+def t2v():
+    return fx.pipelines()
+
+
+def test_text_to_video_multistep_scheduler(t2v):
+    pair = _swap(t2v, "AnimateDiffPipeline", "DPMSolverMultistepScheduler")
+    got, want = _run_both(pair, num_inference_steps=3, prompt=["a cat walks", "the dog"], negative_prompt=["dark", "wet"],
+                          generators=lambda: fx.gen(3, 2))
+    _check("t2v dpm++ two prompts", got, want)
+
+
+def _free_noise(pair, settings, run):
+    for pipe in pair:
+        pipe.enable_free_noise(**settings)
+    try:
+        return run()
+    finally:
+        for pipe in pair:
+            pipe.disable_free_noise()
+
+
+def test_free_noise_with_explicit_latents_and_chunked_decoding(t2v):
+    latents = torch.randn(1, 4, 10, 8, 8, generator=fx.gen(11))
+    got, want = _free_noise(t2v, dict(context_length=4, context_stride=2),
+                            lambda: _run_both(t2v, num_frames=10, latents=latents, decode_chunk_size=3))
+    _check("free-noise latents decode_chunk_size=3", got, want)
+
+
+def test_free_noise_with_a_swapped_scheduler(t2v):
+    pair = _swap(t2v, "AnimateDiffPipeline", "EulerAncestralDiscreteScheduler")
+    got, want = _free_noise(pair, dict(context_length=4, context_stride=3, weighting_scheme="flat"),
+                            lambda: _run_both(pair, num_frames=9, prompt={0: "a cat", 4: "a dog"}))
+    _check("free-noise euler-a frame prompts", got, want)
+
+
+def test_free_noise_off_again_matches_diffusers(t2v):
+    theirs, ours = t2v
+    before, want = _run_both(t2v)
+    windowed = _free_noise(t2v, dict(context_length=2, context_stride=1), lambda: _run_both(t2v))
+    assert fx.max_diff(windowed[0], before) > 1e-3  # windows of 2 frames change a 4-frame video
+    _check("free-noise windows of 2", *windowed)
+    assert not ours.free_noise_enabled and not theirs.free_noise_enabled
+    after, want_after = _run_both(t2v)
+    assert fx.max_diff(after, before) == 0.0
+    _check("after disable_free_noise", after, want_after)
+
+
+# ------------------------------------------------------------------------------------------ SDXL
+@pytest.fixture(scope="module")
+def sdxl():
+    from test_animatediff_sdxl import pipelines
+
+    return pipelines()
+
+
+def test_sdxl_two_prompts_with_a_generator_each(sdxl):
+    got, want = _run_both(sdxl, prompt=["a cat walks", "the dog"], negative_prompt=["blurry", "dark"],
+                          generators=lambda: fx.gen(5, 2))
+    assert got.shape[0] == 2
+    _check("sdxl 2 prompts, 2 generators", got, want)
+
+
+def test_sdxl_videos_per_prompt_are_diffusers_videos_per_generator(sdxl):
+    """Diffusers 0.42 sets num_videos_per_prompt to 1; ours makes them: video i is Diffusers' for generator i."""
+    theirs, ours = sdxl
+    out = ours(**BASE, num_videos_per_prompt=2, generator=fx.gen(5, 2)).frames
+    assert out.shape[0] == 2
+    for i in range(2):
+        _check(f"sdxl video {i} of num_videos_per_prompt=2", out[i:i + 1], theirs(**BASE, generator=fx.gen(5 + i)).frames)
+
+
+def test_sdxl_pil_output(sdxl):
+    got, want = _run_both(sdxl, output_type="pil", negative_prompt="blurry")
+    assert len(got) == 1 and len(got[0]) == fx.FRAMES
+    _check("sdxl pil", got, want, atol=1 / 255 + 1e-6)
