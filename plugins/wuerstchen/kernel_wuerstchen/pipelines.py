@@ -24,8 +24,8 @@ import torch
 
 from kernel.engine import Conditioning
 from kernel.outputs import BaseOutput
-from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import batch_size_of
+from kernel_stable_cascade.pipeline_combined import StableCascadeCombinedPipeline
 from kernel_stable_cascade.pipeline_common import prompt_list
 from kernel_stable_cascade.pipeline_decoder import StableCascadeDecoderPipeline
 from kernel_stable_cascade.pipeline_prior import StableCascadePriorPipeline
@@ -47,7 +47,24 @@ class WuerstchenPriorPipelineOutput(BaseOutput):
     image_embeddings: Any = None
 
 
-class _WuerstchenText:
+class _WuerstchenEntries:
+    """Writes Würstchen's models as ``["stable_cascade", "WuerstchenPrior"]`` (``WuerstchenDiffNeXt``) in
+    ``model_index.json``, as Stable Cascade's pipelines write stage A: Diffusers 0.42.1 resolves neither the
+    ``["diffusers", ...]`` entries its own ``save_pretrained`` writes nor the Hub's ``["wuerstchen", ...]`` (the
+    classes moved to its deprecated package), but with a pipeline-package library it accepts the models passed to
+    ``from_pretrained``.  All three spellings load here (the registry resolves the class name)."""
+
+    _model_entries = ("WuerstchenPrior", "WuerstchenDiffNeXt")
+
+    def _fix_stage_a_entries(self) -> None:
+        super()._fix_stage_a_entries()
+        for name in self.__dict__.get("_component_keys", ()):
+            class_name = type(self.__dict__.get(name)).__name__
+            if class_name in self._model_entries:
+                self.register_to_config(**{name: [self._stage_a_entry[0], class_name]})
+
+
+class _WuerstchenText(_WuerstchenEntries):
     """Würstchen's text conditioning, shared by the prior and the decoder."""
 
     def _encode_texts(self, prompts: list[str], device) -> torch.Tensor:
@@ -267,28 +284,25 @@ class WuerstchenDecoderPipeline(_WuerstchenText, StableCascadeDecoderPipeline):
         return self._generate(locals())
 
 
-class WuerstchenCombinedPipeline(DiffusionPipeline):
+class WuerstchenCombinedPipeline(_WuerstchenEntries, StableCascadeCombinedPipeline):
     """Text in, image out: :class:`WuerstchenPriorPipeline` then :class:`WuerstchenDecoderPipeline` over the nine
     components of both (the prior's prefixed ``prior_``, as in Diffusers' folders).  ``latents`` go to the prior."""
 
     pipeline_family = "wuerstchen"
     model_cpu_offload_seq = "prior_text_encoder->prior_prior->text_encoder->decoder->vqgan"
-    _load_connected_pipes = True
+    _optional_components: list[str] = []
+    _prior_class = WuerstchenPriorPipeline
+    _decoder_class = WuerstchenDecoderPipeline
 
     def __init__(self, tokenizer, text_encoder, decoder, scheduler, vqgan, prior_tokenizer, prior_text_encoder,
                  prior_prior, prior_scheduler) -> None:
         self.register_modules(text_encoder=text_encoder, tokenizer=tokenizer, decoder=decoder, scheduler=scheduler,
                               vqgan=vqgan, prior_prior=prior_prior, prior_text_encoder=prior_text_encoder,
                               prior_tokenizer=prior_tokenizer, prior_scheduler=prior_scheduler)
-        self.prior_pipe = WuerstchenPriorPipeline(prior=prior_prior, text_encoder=prior_text_encoder,
-                                                  tokenizer=prior_tokenizer, scheduler=prior_scheduler)
-        self.decoder_pipe = WuerstchenDecoderPipeline(text_encoder=text_encoder, tokenizer=tokenizer, decoder=decoder,
-                                                      scheduler=scheduler, vqgan=vqgan)
-
-    def set_progress_bar_config(self, **kwargs: Any) -> None:
-        super().set_progress_bar_config(**kwargs)
-        self.prior_pipe.set_progress_bar_config(**kwargs)
-        self.decoder_pipe.set_progress_bar_config(**kwargs)
+        self.prior_pipe = self._prior_class(prior=prior_prior, text_encoder=prior_text_encoder,
+                                            tokenizer=prior_tokenizer, scheduler=prior_scheduler)
+        self.decoder_pipe = self._decoder_class(text_encoder=text_encoder, tokenizer=tokenizer, decoder=decoder,
+                                                scheduler=scheduler, vqgan=vqgan)
 
     @torch.no_grad()
     def __call__(

@@ -285,40 +285,41 @@ def test_stage_folders_both_ways(priors, decoders, tmp_path):
         theirs_index = json.loads((tmp_path / f"theirs-{name}" / "model_index.json").read_text())
         assert index["_class_name"] == theirs_index["_class_name"]
         assert {k for k in index if not k.startswith("_")} == {k for k in theirs_index if not k.startswith("_")}
-    # Diffusers 0.42.1's DiffusionPipeline.from_pretrained resolves neither ["diffusers", "WuerstchenPrior"] (what
-    # its own save_pretrained writes) nor the Hub's ["wuerstchen", ...]: a Würstchen folder, its or ours, loads in
-    # Diffusers component by component through diffusers.pipelines.(deprecated.)wuerstchen and transformers.
-    back = _diffusers_from_folder(diffusers.WuerstchenPriorPipeline, tmp_path / "ours-prior",
-                                  prior=theirs.WuerstchenPrior)
+    # Diffusers 0.42.1 resolves neither ["diffusers", "WuerstchenPrior"] (what its own save_pretrained writes) nor the
+    # Hub's ["wuerstchen", ...]; ours writes ["stable_cascade", ...], with which Diffusers takes the models passed in.
+    assert index["decoder"] == ["stable_cascade", "WuerstchenDiffNeXt"] and index["vqgan"][0] == "stable_cascade"
+    folder = tmp_path / "ours-prior"
+    back = diffusers.WuerstchenPriorPipeline.from_pretrained(
+        folder, prior=theirs.WuerstchenPrior.from_pretrained(folder, subfolder="prior"))
+    back.set_progress_bar_config(disable=True)
     expected = priors[0]("horse", **PRIOR_RUN, generator=gen()).image_embeddings
     assert _embedding_diff(back("horse", **PRIOR_RUN, generator=gen()).image_embeddings, expected) < 1e-6
-    back = _diffusers_from_folder(diffusers.WuerstchenDecoderPipeline, tmp_path / "ours-decoder",
-                                  decoder=theirs.WuerstchenDiffNeXt, vqgan=theirs.PaellaVQModel)
+    folder = tmp_path / "ours-decoder"
+    back = diffusers.WuerstchenDecoderPipeline.from_pretrained(
+        folder, decoder=theirs.WuerstchenDiffNeXt.from_pretrained(folder, subfolder="decoder"),
+        vqgan=theirs.PaellaVQModel.from_pretrained(folder, subfolder="vqgan"))
+    back.set_progress_bar_config(disable=True)
     run = dict(prompt="horse", num_inference_steps=2, output_type="np")
     expected = decoders[0](_embeddings(), **run, generator=gen()).images
     assert np.abs(back(_embeddings(), **run, generator=gen()).images - expected).max() < 1e-6
 
 
-def _diffusers_from_folder(pipeline_cls, folder, **model_classes):
-    import diffusers
-    import transformers
+def test_our_combined_folder_loads_in_diffusers(combined, tmp_path):
+    from diffusers.pipelines.deprecated import wuerstchen as theirs
 
-    index = json.loads((folder / "model_index.json").read_text())
-    kwargs = {}
-    for name, value in index.items():
-        if name.startswith("_"):
-            continue
-        if not isinstance(value, list):
-            kwargs[name] = value
-        elif name in model_classes:
-            kwargs[name] = model_classes[name].from_pretrained(folder, subfolder=name)
-        elif value[0] == "transformers":
-            kwargs[name] = getattr(transformers, value[1]).from_pretrained(folder / name)
-        else:
-            kwargs[name] = getattr(diffusers, value[1]).from_pretrained(folder, subfolder=name)
-    pipe = pipeline_cls(**kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    import diffusers
+
+    ref, ours = combined
+    ours.save_pretrained(tmp_path / "c")
+    folder = tmp_path / "c"
+    back = diffusers.WuerstchenCombinedPipeline.from_pretrained(
+        folder, prior_prior=theirs.WuerstchenPrior.from_pretrained(folder, subfolder="prior_prior"),
+        decoder=theirs.WuerstchenDiffNeXt.from_pretrained(folder, subfolder="decoder"),
+        vqgan=theirs.PaellaVQModel.from_pretrained(folder, subfolder="vqgan"))
+    back.set_progress_bar_config(disable=True)
+    expected = ref("horse", **COMBINED_RUN, generator=gen()).images
+    assert np.abs(back("horse", **COMBINED_RUN, generator=gen()).images - expected).max() < 1e-6
+    assert type(kernel.load(str(folder))) is WuerstchenCombinedPipeline
 
 
 def test_registry_and_aliases():
