@@ -133,6 +133,20 @@ class AnimateDiffPipeline(_AnimateDiffBase):
             noise = free_noise_latents(noise, fn.context_length, fn.context_stride, fn.noise_type, call.generator)
         return noise
 
+    def _given_latents(self, call: SimpleNamespace, shape) -> torch.Tensor:
+        """With FreeNoise's ``noise_type="repeat_context"``, latents for one window (``context_length`` frames)
+        are tiled over the video, as Diffusers does; otherwise the latents cover every frame."""
+        fn, latents = self._free_noise if self.free_noise_enabled else None, call.latents
+        if (fn is not None and isinstance(latents, torch.Tensor) and latents.ndim == 5 and len(shape) == 5
+                and latents.shape[2] == fn.context_length < shape[2]):
+            if fn.noise_type != "repeat_context":
+                raise ValueError(f"latents have {fn.context_length} frames (one FreeNoise window) for num_frames="
+                                 f"{shape[2]}; give latents for every frame, or enable FreeNoise with "
+                                 "noise_type='repeat_context' to repeat one window's latents over the video")
+            repeats = -(-shape[2] // fn.context_length)
+            call.latents = latents.repeat(1, 1, repeats, 1, 1)[:, :, :shape[2]]
+        return super()._given_latents(call, shape)
+
     @torch.no_grad()
     def __call__(
         self,

@@ -26,6 +26,7 @@ BASE = dict(prompt="a cat walks", num_frames=fx.FRAMES, height=fx.SIZE, width=fx
             output_type="np")
 V2V = dict(prompt="a cat walks", height=fx.SIZE, width=fx.SIZE, num_inference_steps=4, strength=0.6, output_type="np")
 ATOL = 1e-3
+BASE_10 = {**BASE, "num_frames": 10}
 
 
 def _check(name, got, want, atol=ATOL):
@@ -138,6 +139,29 @@ def test_free_noise_with_explicit_latents_and_chunked_decoding(t2v):
     got, want = _free_noise(t2v, dict(context_length=4, context_stride=2),
                             lambda: _run_both(t2v, num_frames=10, latents=latents, decode_chunk_size=3))
     _check("free-noise latents decode_chunk_size=3", got, want)
+
+
+def test_free_noise_repeats_one_window_of_latents(t2v):
+    """noise_type='repeat_context' tiles latents given for one window (context_length frames) over the video."""
+    window = torch.randn(1, 4, 4, 8, 8, generator=fx.gen(12))
+    settings = dict(context_length=4, context_stride=2, noise_type="repeat_context")
+    got, want = _free_noise(t2v, settings, lambda: _run_both(t2v, num_frames=10, latents=window.clone()))
+    _check("free-noise repeat_context window latents", got, want)
+    tiled = torch.cat([window] * 3, dim=2)[:, :, :10]
+    full = _free_noise(t2v, settings, lambda: t2v[1](**BASE_10, latents=tiled, generator=fx.gen(0)).frames)
+    assert fx.max_diff(full, got) == 0.0
+
+
+def test_free_noise_window_latents_need_repeat_context(t2v):
+    """Diffusers fails inside its loop here; ours names the argument and the way out."""
+    _, ours = t2v
+    ours.enable_free_noise(context_length=4, context_stride=2)
+    try:
+        with pytest.raises(ValueError, match=r"latents have 4 frames \(one FreeNoise window\) for num_frames=10.*"
+                                             "repeat_context"):
+            ours(**BASE_10, latents=torch.zeros(1, 4, 4, 8, 8))
+    finally:
+        ours.disable_free_noise()
 
 
 def test_free_noise_with_a_swapped_scheduler(t2v):
