@@ -215,7 +215,20 @@ class WuerstchenDecoderPipeline(_WuerstchenText, StableCascadeDecoderPipeline):
 
     pipeline_family = "wuerstchen"
     model_cpu_offload_seq = "text_encoder->decoder->vqgan"
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "image_embeddings"]
+    # "prompt_embeds" is the engine's name for the token states; Diffusers' alias for them is accepted too.
+    _callback_tensor_inputs = ["latents", _TEXT_STATES, "prompt_embeds", "negative_prompt_embeds", "image_embeddings"]
+
+    def _callback_view(self, name, latents, cond):
+        return super()._callback_view("prompt_embeds" if name == _TEXT_STATES else name, latents, cond)
+
+    def _step_callback(self, callback, names, i, t, latents, cond):
+        def renamed(pipe, step, timestep, tensors):
+            out = callback(pipe, step, timestep, tensors)
+            if isinstance(out, dict) and _TEXT_STATES in out:
+                out = {("prompt_embeds" if k == _TEXT_STATES else k): v for k, v in out.items()}
+            return out
+
+        return super()._step_callback(renamed, names, i, t, latents, cond)
 
     def __init__(self, tokenizer, text_encoder, decoder, scheduler, vqgan, latent_dim_scale: float = 10.67) -> None:
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, decoder=decoder, scheduler=scheduler,
@@ -238,8 +251,16 @@ class WuerstchenDecoderPipeline(_WuerstchenText, StableCascadeDecoderPipeline):
     def _prepare(self, call: SimpleNamespace) -> None:
         if call.prompt is None:
             raise ValueError("prompt is required (a str or a list of str; the combined pipeline passes \"\")")
+        embeds = call.image_embeddings
+        if isinstance(embeds, (list, tuple)) and embeds and all(isinstance(e, torch.Tensor) for e in embeds):
+            embeds = torch.cat(list(embeds), dim=0)
+        channels = self._embedding_channels()
+        if isinstance(embeds, torch.Tensor) and (embeds.ndim != 4 or embeds.shape[1] != channels):
+            raise ValueError(f"image_embeddings must be (batch, {channels}, height, width) image embeddings from the "
+                             f"prior ({channels} channels: the decoder's effnet_embd), got {tuple(embeds.shape)}")
         # Stable Cascade's checks read the pooled / embedding arguments Würstchen's decoder does not take.
-        for name in ("prompt_embeds", "prompt_embeds_pooled", "negative_prompt_embeds", "negative_prompt_embeds_pooled"):
+        for name in ("prompt_embeds", "prompt_embeds_pooled", "negative_prompt_embeds",
+                     "negative_prompt_embeds_pooled"):
             setattr(call, name, None)
         super()._prepare(call)
         grid = self.decoder.config.patch_size * 2 ** (len(self.decoder.config.c_hidden) - 1)

@@ -362,7 +362,8 @@ def test_prior_bad_input(priors, kwargs, error, match):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(image_embeddings=torch.randn(1, 8, 3, 3)), ValueError, r"image_embeddings must be \(batch, 16, height"),
+    (dict(image_embeddings=torch.randn(1, 8, 3, 3)), ValueError, r"\(batch, 16, height.*decoder's effnet_embd"),
+    (dict(image_embeddings=[torch.randn(1, 8, 3, 3)]), ValueError, r"image_embeddings must be \(batch, 16, height"),
     (dict(image_embeddings=torch.randn(16, 3, 3)), ValueError, "image_embeddings must be"),
     (dict(image_embeddings="x"), TypeError, "image_embeddings must be a tensor"),
     (dict(image_embeddings=torch.randn(1, 16, 3, 2)), ValueError, "must be divisible by 4"),
@@ -392,6 +393,17 @@ def test_decoder_callback_steps_and_interrupt(decoders):
     ours(_embeddings(), prompt="horse", num_inference_steps=3, output_type="latent", callback_on_step_end=record,
          callback_on_step_end_tensor_inputs=["latents", "image_embeddings"], generator=gen())
     assert [s[0] for s in seen] == [0, 1, 2] and seen[0][1] == 1.0 and seen[0][2] == (1, 16, 3, 3)
+    # Diffusers' name for the token states, both ways: seen [negative; positive] under guidance, and replaced
+    states = []
+
+    def read_and_zero(pipe, i, t, tensors):
+        states.append(tensors["text_encoder_hidden_states"].clone())
+        return {"text_encoder_hidden_states": torch.zeros_like(tensors["text_encoder_hidden_states"])}
+
+    ours(_embeddings(), prompt="horse", guidance_scale=4.0, num_inference_steps=2, output_type="latent",
+         callback_on_step_end=read_and_zero, callback_on_step_end_tensor_inputs=["text_encoder_hidden_states"],
+         generator=gen())
+    assert states[0].shape[0] == 2 and states[0].abs().sum() > 0 and states[1].abs().sum() == 0
     ours(_embeddings(), prompt="horse", num_inference_steps=3, output_type="latent", callback_on_step_end=interrupt,
          generator=gen())
     ours._interrupt = False
