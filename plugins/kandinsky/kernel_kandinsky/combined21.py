@@ -28,7 +28,7 @@ class _KandinskyCombined(_DiffusersIndexNames, DiffusionPipeline):
     ``latents`` are the prior's, and the decoder gets the prompt list repeated whole (not per image) up to the
     prior's ``num_images_per_prompt`` rows."""
 
-    pipeline_family = "kandinsky"
+    pipeline_family = "kandinsky-2-1"  # a 2.1 folder is not a 2.2 one (kernel.load("kandinsky-2-2", ...) refuses it)
     model_cpu_offload_seq = "text_encoder->unet->movq->prior_prior->prior_image_encoder->prior_text_encoder"
     _load_connected_pipes = True
     _exclude_from_cpu_offload = ["prior_prior"]

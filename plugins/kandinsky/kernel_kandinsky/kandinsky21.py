@@ -91,6 +91,7 @@ class KandinskyPriorPipeline(KandinskyV22PriorPipeline):
 class KandinskyPipeline(_DiffusersIndexNames, KandinskyV22DecoderBase):
     """Text-to-image decoding of CLIP image embeddings (from :class:`KandinskyPriorPipeline`) and the prompt."""
 
+    pipeline_family = "kandinsky-2-1"  # the text+image decoder: 2.2's image-only UNet does not fit it
     model_cpu_offload_seq = "text_encoder->unet->movq"
     _callback_tensor_inputs = ["latents"]
 
