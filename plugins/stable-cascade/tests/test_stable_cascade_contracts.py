@@ -40,7 +40,7 @@ class TestDDPMWuerstchenScheduler(SchedulerContract):
 
 # ------------------------------------------------------------------ pipelines (ours; tiny sizes, 2 steps)
 _N_PLUS_ONE = ("the scheduler's timesteps are n + 1 ratios and the model runs at the first n, so the callback sees "
-               "len(scheduler.timesteps) - 1 steps (the interrupt half is tested in test_sc_pipelines.py)")
+               "len(scheduler.timesteps) - 1 steps (the interrupt half is tested in test_cascade_pipelines.py)")
 _PROMPTS = ("a photo of a cat", "The Dog ", "a red house")
 
 
