@@ -211,3 +211,39 @@ def test_sdxl_pil_output(sdxl):
     got, want = _run_both(sdxl, output_type="pil", negative_prompt="blurry")
     assert len(got) == 1 and len(got[0]) == fx.FRAMES
     _check("sdxl pil", got, want, atol=1 / 255 + 1e-6)
+
+
+# ------------------------------------------------------------------------------------------ loading as documented
+def test_stable_diffusion_folder_with_a_motion_adapter(tmp_path):
+    """``AnimateDiffPipeline.from_pretrained(sd_folder, motion_adapter=adapter)``, Diffusers' documented use: the
+    folder's 2-D UNet becomes a UNetMotionModel, and the video is Diffusers'."""
+    from kernel_animatediff import AnimateDiffPipeline
+
+    d, k = fx.components()
+    diffusers.StableDiffusionPipeline(vae=d["vae"], text_encoder=d["text_encoder"], tokenizer=d["tokenizer"],
+                                      unet=d["unet"], scheduler=d["scheduler"], safety_checker=None,
+                                      feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp_path)
+    pair = (diffusers.AnimateDiffPipeline.from_pretrained(tmp_path, motion_adapter=d["motion_adapter"]),
+            AnimateDiffPipeline.from_pretrained(tmp_path, motion_adapter=k["motion_adapter"]))
+    assert type(pair[1].unet).__name__ == "UNetMotionModel"
+    for p in pair:
+        p.set_progress_bar_config(disable=True)
+    got, want = _run_both(pair)
+    _check("sd folder + motion adapter", got, want)
+
+
+def test_sdxl_folder_with_a_motion_adapter(tmp_path):
+    from test_animatediff_sdxl import components, fix_oracle
+
+    from kernel_animatediff.sdxl import AnimateDiffSDXLPipeline
+
+    d, k = components()
+    parts = {n: d[n] for n in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")}
+    diffusers.StableDiffusionXLPipeline(**parts).save_pretrained(tmp_path)
+    theirs = diffusers.AnimateDiffSDXLPipeline.from_pretrained(tmp_path, motion_adapter=d["motion_adapter"])
+    fix_oracle(theirs.unet, d["unet"])
+    pair = (theirs, AnimateDiffSDXLPipeline.from_pretrained(tmp_path, motion_adapter=k["motion_adapter"]))
+    for p in pair:
+        p.set_progress_bar_config(disable=True)
+    got, want = _run_both(pair)
+    _check("sdxl folder + motion adapter", got, want)
