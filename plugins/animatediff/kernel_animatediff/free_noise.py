@@ -84,10 +84,15 @@ def windowed_attention(block, hidden_states: torch.Tensor, encoder_hidden_states
 def free_noise_latents(latents: torch.Tensor, context_length: int, context_stride: int, noise_type: str,
                        generator: Any) -> torch.Tensor:
     """Starting noise ``(B, C, F, h, w)`` with the windows after the first ``context_length`` frames filled by
-    shuffled copies of earlier frames (``shuffle_context``); the other types keep it as drawn."""
+    shuffled copies of earlier frames (``shuffle_context``); the other types keep it as drawn.  With a list of
+    generators, one per video, each video is shuffled with its own (so video ``i`` is the one generator ``i`` makes
+    alone)."""
     frames = latents.shape[2]
     if noise_type != "shuffle_context":
         return latents
+    if isinstance(generator, list) and len(generator) > 1 and len(generator) == latents.shape[0]:
+        return torch.cat([free_noise_latents(latents[i:i + 1], context_length, context_stride, noise_type, g)
+                          for i, g in enumerate(generator)])
     latents = latents.clone()
     g = generator[0] if isinstance(generator, list) else generator
     for i in range(context_length, frames, context_stride):

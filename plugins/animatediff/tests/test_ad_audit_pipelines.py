@@ -164,6 +164,20 @@ def test_free_noise_window_latents_need_repeat_context(t2v):
         ours.disable_free_noise()
 
 
+def test_free_noise_videos_per_prompt_shuffle_with_their_own_generator(t2v):
+    """Diffusers 0.42 makes one video per call; ours makes num_videos_per_prompt, each shuffled by its generator:
+    video i is Diffusers' video for generator i."""
+    theirs, ours = t2v
+
+    def run():
+        out = ours(**BASE_10, num_videos_per_prompt=2, generator=fx.gen(5, 2)).frames
+        return out, [theirs(**BASE_10, generator=fx.gen(5 + i)).frames for i in range(2)]
+
+    out, wants = _free_noise(t2v, dict(context_length=4, context_stride=2), run)
+    for i, want in enumerate(wants):
+        _check(f"free-noise video {i} of num_videos_per_prompt=2", out[i:i + 1], want)
+
+
 def test_free_noise_with_a_swapped_scheduler(t2v):
     pair = _swap(t2v, "AnimateDiffPipeline", "EulerAncestralDiscreteScheduler")
     got, want = _free_noise(pair, dict(context_length=4, context_stride=3, weighting_scheme="flat"),
