@@ -111,6 +111,14 @@ def test_video_to_video_multistep_scheduler_and_strength(v2v):
     _check("v2v dpm++ strength 0.75", got, want)
 
 
+def test_video_to_video_videos_per_prompt_are_diffusers_videos_per_generator(v2v):
+    theirs, ours = v2v
+    args = {**V2V, "video": fx.video()}
+    out = ours(**args, num_videos_per_prompt=2, generator=fx.gen(5, 2)).frames
+    for i in range(2):
+        _check(f"v2v video {i} of num_videos_per_prompt=2", out[i:i + 1], theirs(**args, generator=fx.gen(5 + i)).frames)
+
+
 # ------------------------------------------------------------------------------------------ text-to-video
 @pytest.fixture(scope="module")
 def t2v():
@@ -132,6 +140,21 @@ def _free_noise(pair, settings, run):
     finally:
         for pipe in pair:
             pipe.disable_free_noise()
+
+
+def test_free_init_videos_per_prompt_are_diffusers_videos_per_generator(t2v):
+    theirs, ours = t2v
+    args = {**BASE, "num_inference_steps": 3}
+    for pipe in t2v:
+        pipe.enable_free_init(num_iters=2, use_fast_sampling=True)
+    try:
+        out = ours(**args, num_videos_per_prompt=2, generator=fx.gen(5, 2)).frames
+        for i in range(2):
+            _check(f"free-init video {i} of num_videos_per_prompt=2", out[i:i + 1],
+                   theirs(**args, generator=fx.gen(5 + i)).frames)
+    finally:
+        for pipe in t2v:
+            pipe.disable_free_init()
 
 
 def test_free_noise_with_explicit_latents_and_chunked_decoding(t2v):
