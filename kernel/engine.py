@@ -148,6 +148,11 @@ class Engine:
         prior passes the next timestep, ``prev_timestep``, to a scheduler that is told each jump)."""
         return {}
 
+    def _scale_model_input(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The denoiser's input at ``t``: ``scheduler.scale_model_input``; a family whose reference pipelines feed
+        the latents unscaled whatever the scheduler (Kandinsky) overrides this."""
+        return self.scheduler.scale_model_input(latents, t)
+
     def _scheduler_step(self, prediction: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, index: int,
                         timesteps: torch.Tensor, kwargs: dict[str, Any]) -> tuple:
         """One ``scheduler.step``, as a tuple; a family whose scheduler takes other positional arguments or
@@ -197,7 +202,7 @@ class Engine:
     def _guided_prediction(self, latents, t, conditioning: Conditioning, guider, step: GuidanceStep,
                            hooks) -> torch.Tensor:
         passes = guider.passes(step)
-        model_input = self.scheduler.scale_model_input(latents, t)
+        model_input = self._scale_model_input(latents, t)
         predictions: dict[str, torch.Tensor] = {}
         self._stacked_guidance = False
         for group in _group(passes, guider.batched):
