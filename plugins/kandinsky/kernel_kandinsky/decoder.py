@@ -128,6 +128,9 @@ class KandinskyV22DecoderBase(DiffusionPipeline):
     def _added_cond(self, cond: dict) -> dict:
         return {"image_embeds": cond["image_embeds"]}
 
+    def _scale_model_input(self, latents, t):
+        return latents  # as Diffusers' Kandinsky pipelines: the latents go in unscaled, whatever the scheduler
+
     def _evaluate(self, model_input, timestep, cond, **kwargs):
         return self.unet(model_input, timestep, encoder_hidden_states=None, added_cond_kwargs=self._added_cond(cond),
                          return_dict=False, **kwargs)[0]

@@ -174,6 +174,9 @@ class Kandinsky3Pipeline(DiffusionPipeline):
         return (call.batch, self.unet.config.in_channels, math.ceil(call.height / f ** 2) * f,
                 math.ceil(call.width / f ** 2) * f)
 
+    def _scale_model_input(self, latents, t):
+        return latents  # as Diffusers' Kandinsky pipelines: the latents go in unscaled, whatever the scheduler
+
     def _evaluate(self, model_input, timestep, cond, **kwargs):
         return self.unet(model_input, timestep, encoder_hidden_states=cond["prompt_embeds"],
                          encoder_attention_mask=cond["attention_mask"], return_dict=False, **kwargs)[0]

@@ -158,6 +158,9 @@ class KandinskyV22PriorPipeline(DiffusionPipeline):
                              f"negative_prompt, x embedding_dim) for this call, got {tuple(call.latents.shape)}")
         return call.latents.to(device=call.device, dtype=call.dtype)
 
+    def _scale_model_input(self, latents, t):
+        return latents  # as Diffusers' Kandinsky pipelines: the latents go in unscaled, whatever the scheduler
+
     def _evaluate(self, model_input, timestep, cond, **kwargs):
         return self.prior(model_input, timestep=timestep, proj_embedding=cond["prompt_embeds"],
                           encoder_hidden_states=cond["text_encoder_hidden_states"], attention_mask=cond["text_mask"],
