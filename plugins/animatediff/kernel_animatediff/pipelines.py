@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from kernel.outputs import BaseOutput
-from kernel.pipeline_utils import latents_of, repeat_to_batch, strength_timesteps
+from kernel.pipeline_utils import latents_of, repeat_to_batch, retrieve_timesteps, strength_timesteps
 from kernel.scheduling import randn_tensor
 from kernel_sd.base import check_prompts
 from kernel_sd.sd import _StableDiffusionCommon
@@ -238,9 +238,10 @@ class AnimateDiffVideoToVideoPipeline(_AnimateDiffBase):
         _positive_int("num_inference_steps", call.num_inference_steps)
         if call.strength == 0:
             raise ValueError("enforce_inference_steps=True needs strength > 0")
+        # Custom timesteps / sigmas give the whole schedule, whose last num_inference_steps steps run (as Diffusers).
         total = int(call.num_inference_steps / call.strength)
-        self.scheduler.set_timesteps(total, device=call.device)
-        timesteps = self.scheduler.timesteps[-call.num_inference_steps:]
+        schedule, _ = retrieve_timesteps(self.scheduler, total, call.device, call.timesteps, call.sigmas)
+        timesteps = schedule[-call.num_inference_steps:]
         self.scheduler.set_begin_index(len(self.scheduler.timesteps) - len(timesteps))
         call.scheduled_steps = len(timesteps)
         return timesteps, len(timesteps)

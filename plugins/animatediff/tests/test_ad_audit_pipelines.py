@@ -119,6 +119,19 @@ def test_video_to_video_videos_per_prompt_are_diffusers_videos_per_generator(v2v
         _check(f"v2v video {i} of num_videos_per_prompt=2", out[i:i + 1], theirs(**args, generator=fx.gen(5 + i)).frames)
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(timesteps=[999, 800, 600, 400, 200, 50]),
+    dict(sigmas=[14.0, 8.0, 4.0, 2.0, 1.0, 0.5]),
+    dict(timesteps=[999, 700, 300, 10], enforce_inference_steps=True, num_inference_steps=3),
+    dict(sigmas=[14.0, 6.0, 2.0, 0.5], enforce_inference_steps=True, num_inference_steps=2, strength=0.5),
+], ids=["timesteps", "sigmas", "timesteps-enforced", "sigmas-enforced"])
+def test_video_to_video_custom_schedules(v2v, kwargs):
+    """Custom timesteps / sigmas, trimmed by strength or (enforce_inference_steps) their last steps taken."""
+    pair = _swap(v2v, "AnimateDiffVideoToVideoPipeline", "EulerDiscreteScheduler")
+    got, want = _run_both(pair, base=V2V, video=fx.video(), **kwargs)
+    _check(f"v2v euler {kwargs}", got, want)
+
+
 # ------------------------------------------------------------------------------------------ text-to-video
 @pytest.fixture(scope="module")
 def t2v():
