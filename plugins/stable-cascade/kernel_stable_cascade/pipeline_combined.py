@@ -18,6 +18,17 @@ from kernel_stable_cascade.pipeline_decoder import StableCascadeDecoderPipeline
 from kernel_stable_cascade.pipeline_prior import StableCascadePriorPipeline
 
 
+def check_stage_pair(prior: Any, decoder: Any) -> None:
+    """Stage C must make image embeddings with the channels stage B reads (``out_channels`` against
+    ``effnet_in_channels``); a pair from different releases or configurations is refused when built."""
+    made = getattr(getattr(prior, "config", None), "out_channels", None)
+    taken = getattr(getattr(decoder, "config", None), "effnet_in_channels", None)
+    if made is not None and taken is not None and made != taken:
+        raise ValueError(f"prior_prior makes image embeddings of {made} channels (config.out_channels) but the decoder "
+                         f"reads {taken} (config.effnet_in_channels); this prior and decoder do not fit (use the "
+                         f"stage C released with this stage B)")
+
+
 class StableCascadeCombinedPipeline(StageAEntry, DiffusionPipeline):
     """Prior then decoder over shared components.  A family with the same two-stage shape (Würstchen) subclasses
     it and sets ``_prior_class`` / ``_decoder_class`` (and its own ``__init__`` for its component names)."""
@@ -39,6 +50,7 @@ class StableCascadeCombinedPipeline(StageAEntry, DiffusionPipeline):
                                             image_encoder=prior_image_encoder, feature_extractor=prior_feature_extractor)
         self.decoder_pipe = self._decoder_class(text_encoder=text_encoder, tokenizer=tokenizer, decoder=decoder,
                                                 scheduler=scheduler, vqgan=vqgan)
+        check_stage_pair(prior_prior, decoder)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         super().set_progress_bar_config(**kwargs)
