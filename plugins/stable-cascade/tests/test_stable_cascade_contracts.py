@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from cascade_fixtures import DECODER, combined_pipes, decoder_pipes, prior_pipes
+from cascade_fixtures import DECODER, PRIOR, combined_pipes, decoder_pipes, prior_pipes
 from kernel_contracts import DenoiserContract, PipelineContract, SchedulerContract
 from kernel_stable_cascade import StableCascadeUNet
 
@@ -30,6 +30,24 @@ class TestStableCascadeUNet(DenoiserContract):
                 "timestep_ratio": torch.rand(batch_size, generator=generator),
                 "clip_text_pooled": torch.randn(batch_size, 1, 32, generator=generator),
                 "effnet": torch.randn(batch_size, 16, 4, 4, generator=generator)}
+
+
+def tiny_stage_c():
+    torch.manual_seed(0)
+    return StableCascadeUNet(**PRIOR).eval()
+
+
+class TestStableCascadeUNetStageC(DenoiserContract):
+    """The same class in its stage C (prior) configuration: CLIP text tokens, pooled text and image tokens."""
+
+    component = tiny_stage_c
+
+    def contract_inputs(self, model, batch_size, generator):
+        return {"sample": torch.randn(batch_size, 16, 4, 4, generator=generator),
+                "timestep_ratio": torch.rand(batch_size, generator=generator),
+                "clip_text_pooled": torch.randn(batch_size, 1, 32, generator=generator),
+                "clip_text": torch.randn(batch_size, 5, 32, generator=generator),
+                "clip_img": torch.randn(batch_size, 1, 768, generator=generator)}
 
 
 class TestDDPMWuerstchenScheduler(SchedulerContract):
