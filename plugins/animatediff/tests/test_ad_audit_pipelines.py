@@ -257,6 +257,18 @@ def test_sdxl_videos_per_prompt_are_diffusers_videos_per_generator(sdxl):
         _check(f"sdxl video {i} of num_videos_per_prompt=2", out[i:i + 1], theirs(**BASE, generator=fx.gen(5 + i)).frames)
 
 
+@pytest.mark.parametrize("sched, kwargs", [
+    ("EulerDiscreteScheduler", dict(timesteps=[999, 600, 200])),
+    ("EulerDiscreteScheduler", dict(sigmas=[14.0, 3.0, 0.5])),
+    (None, dict(denoising_end=0.5, num_inference_steps=4)),
+    (None, dict(clip_skip=1, guidance_scale=3.0, prompt_2="another view")),
+], ids=["timesteps", "sigmas", "denoising-end", "clip-skip-prompt-2"])
+def test_sdxl_schedule_and_prompt_arguments(sdxl, sched, kwargs):
+    pair = _swap(sdxl, "AnimateDiffSDXLPipeline", sched) if sched else sdxl
+    got, want = _run_both(pair, **kwargs)
+    _check(f"sdxl {kwargs}", got, want)
+
+
 def test_sdxl_pil_output(sdxl):
     got, want = _run_both(sdxl, output_type="pil", negative_prompt="blurry")
     assert len(got) == 1 and len(got[0]) == fx.FRAMES
