@@ -309,3 +309,31 @@ def test_sdxl_folder_with_a_motion_adapter(tmp_path):
         p.set_progress_bar_config(disable=True)
     got, want = _run_both(pair)
     _check("sdxl folder + motion adapter", got, want)
+
+
+# ------------------------------------------------------------------------------------------ FreeNoise with the rest
+def test_free_noise_and_free_init_together(t2v):
+    for pipe in t2v:
+        pipe.enable_free_noise(context_length=4, context_stride=2)
+        pipe.enable_free_init(num_iters=2, use_fast_sampling=True)
+    try:
+        got, want = _run_both(t2v, num_frames=10, num_inference_steps=3)
+    finally:
+        for pipe in t2v:
+            pipe.disable_free_noise()
+            pipe.disable_free_init()
+    _check("free-noise + free-init", got, want)
+
+
+def test_video_to_video_free_noise_with_euler_frame_prompts_and_latents(v2v):
+    pair = _swap(v2v, "AnimateDiffVideoToVideoPipeline", "EulerDiscreteScheduler")
+    args = dict(V2V, prompt={0: "a cat", 4: "a dog"}, strength=0.7)
+    latents = torch.randn(1, 4, 10, 8, 8, generator=fx.gen(3))
+
+    def run():
+        return (_run_both(pair, base=args, video=fx.video(frames=10)),
+                _run_both(pair, base=args, video=None, latents=latents))
+
+    (got, want), (got_l, want_l) = _free_noise(pair, dict(context_length=4, context_stride=3), run)
+    _check("v2v free-noise euler frame prompts", got, want)
+    _check("v2v free-noise euler latents", got_l, want_l)
