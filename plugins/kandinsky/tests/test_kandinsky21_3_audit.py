@@ -95,6 +95,34 @@ def test_prior21_negative_prompts_with_several_prompts():
     assert max_diff(a.negative_image_embeds, b.negative_image_embeds) < TOL
 
 
+def test_prior21_scheduler_swap_matches_diffusers():
+    import kernel as _kernel
+
+    ref, ours = prior21_pipes()
+    config = {**dict(ref.scheduler.config), "prediction_type": "epsilon", "clip_sample_range": 5.0}
+    ref = diffusers.KandinskyPriorPipeline(**{**ref.components, "scheduler": diffusers.UnCLIPScheduler(**config)})
+    ours = type(ours)(**{**ours.components, "scheduler": _kernel.component("UnCLIPScheduler").from_config(config)})
+    for pipe in (ref, ours):
+        pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt=["a red cat", "a dog"], negative_prompt=["low", "bad"], num_inference_steps=4)
+    a, b = ref(**kwargs, generator=gen(3)), ours(**kwargs, generator=gen(3))
+    assert max_diff(a.image_embeds, b.image_embeds) < TOL
+    assert max_diff(a.negative_image_embeds, b.negative_image_embeds) < TOL
+    assert max_diff(b.image_embeds, prior21_pipes()[1](**kwargs, generator=gen(3)).image_embeds) > 1e-2
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.01])
+def test_img2img_strength_outside_0_1_is_a_clear_error(strength):
+    from kandinsky3_fixtures import picture
+
+    _, ours = _decoders("KandinskyImg2ImgPipeline")
+    with pytest.raises(ValueError, match="strength"):
+        ours(**_args("KandinskyImg2ImgPipeline", strength=strength), generator=gen())
+    _, k3 = _k3(True, "ddim")
+    with pytest.raises(ValueError, match="strength"):
+        k3(prompt="a cat", image=picture(), strength=strength, num_inference_steps=2)
+
+
 @functools.lru_cache(maxsize=None)
 def _combined():
     return combined21_pipes()
