@@ -110,3 +110,12 @@ def test_controlnet_free_noise(controlnet, call):
             pipe.disable_free_noise()
     assert got.shape[1] == call["num_frames"]
     _check(f"controlnet free-noise {sorted(call)}", got, want)
+
+
+def test_controlnet_videos_per_prompt_are_diffusers_videos_per_generator(controlnet):
+    """Diffusers 0.42 sets num_videos_per_prompt to 1; ours makes them: video i is Diffusers' for generator i."""
+    theirs, ours = controlnet
+    args = {**BASE, "conditioning_frames": fx.video(seed=3)}
+    out = ours(**args, num_videos_per_prompt=2, generator=fx.gen(5, 2)).frames
+    for i in range(2):
+        _check(f"controlnet video {i} of 2", out[i:i + 1], theirs(**args, generator=fx.gen(5 + i)).frames)

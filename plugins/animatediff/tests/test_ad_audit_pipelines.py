@@ -77,6 +77,14 @@ def test_sparse_control_scheduler_swap(sparse):
     _check("sparsectrl euler", got, want)
 
 
+def test_sparse_control_videos_per_prompt_are_diffusers_videos_per_generator(sparse):
+    theirs, ours = sparse
+    args = {**BASE, "conditioning_frames": fx.video(frames=1, seed=3)}
+    out = ours(**args, num_videos_per_prompt=2, generator=fx.gen(5, 2)).frames
+    for i in range(2):
+        _check(f"sparsectrl video {i} of 2", out[i:i + 1], theirs(**args, generator=fx.gen(5 + i)).frames)
+
+
 # ------------------------------------------------------------------------------------------ video-to-video
 @pytest.fixture(scope="module")
 def v2v():
