@@ -34,13 +34,24 @@ INPUTS = {
 
 
 @pytest.mark.parametrize("name", sorted(INPUTS))
-@pytest.mark.parametrize("config", [dict(), dict(do_resize=False)])
+@pytest.mark.parametrize("config", [dict(), dict(do_resize=False), dict(do_normalize=False, do_convert_rgb=True)])
 def test_preprocess_video_matches_diffusers(name, config):
     ours, theirs = VideoProcessor(vae_scale_factor=8, **config), DiffusersVideoProcessor(vae_scale_factor=8, **config)
     a = ours.preprocess_video(INPUTS[name]())
     b = theirs.preprocess_video(INPUTS[name]())
     assert a.ndim == 5 and a.shape[1] == 3  # (B, C, F, H, W)
     assert a.shape == b.shape
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_control_style_processor_converts_frames_to_rgb_as_diffusers(mode):
+    """The ControlNet pipelines' processor (no normalisation, RGB conversion) on grey / RGBA frames."""
+    frames = [f.convert(mode) for f in _pil_video()]
+    config = dict(vae_scale_factor=8, do_normalize=False, do_convert_rgb=True)
+    a = VideoProcessor(**config).preprocess_video(frames, height=16, width=32)
+    b = DiffusersVideoProcessor(**config).preprocess_video(frames, height=16, width=32)
+    assert tuple(a.shape) == (1, 3, 3, 16, 32) and float(a.min()) >= 0.0
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
