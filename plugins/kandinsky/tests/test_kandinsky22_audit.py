@@ -176,6 +176,16 @@ def test_chained_img2img_equals_the_combined_img2img():
     assert max_diff(ref(**{**kwargs, "height": 64, "width": 32}, generator=gen(6)).images, combined) < TOL
 
 
+def test_inpaint_combined_negatives_several_prompts_non_square_matches_diffusers():
+    ref, ours = combined_pipes("KandinskyV22InpaintCombinedPipeline", unet_over={"in_channels": 9})
+    mask = np.zeros((32, 64), dtype=np.float32)
+    mask[:16, 8:40] = 1
+    kwargs = dict(prompt=["a red cat", "a dog"], negative_prompt=["low", "bad"], image=[_image(1, 64, 32)],
+                  mask_image=[mask], height=32, width=64, **RUN)
+    a, b = ref(**kwargs, generator=gen(2)).images, ours(**kwargs, generator=gen(2)).images
+    assert b.shape == a.shape == (2, 32, 64, 3) and max_diff(a, b) < TOL and float(b.std()) > 0.01
+
+
 # ------------------------------------------------------------------ folders both ways for the remaining variants
 @pytest.mark.parametrize("name", ["KandinskyV22Img2ImgPipeline", "KandinskyV22ControlnetPipeline"])
 def test_decoder_variant_folders_both_ways(name, tmp_path):

@@ -79,3 +79,16 @@ def test_a_decoder_folder_alone_is_not_the_combined_pipeline(folders):
     with pytest.raises(CheckpointMismatchError, match="lacks prior_image_encoder, prior_image_processor, prior_prior"):
         kernel.load("kandinsky-2-2", str(folders["k22-decoder"][0]))
     assert type(kernel.load("kandinsky22-decoder", str(folders["k22-decoder"][0]))).__name__ == "KandinskyV22Pipeline"
+
+
+@pytest.mark.parametrize("key", ["k21", "k22"])
+def test_auto_pipelines_resolve_the_combined_pipelines_of_diffusers_folders(folders, key):
+    from kernel_sd.auto import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+    path, ref = folders[key]
+    stem = type(ref).__name__[: -len("CombinedPipeline")]
+    text = AutoPipelineForText2Image.from_pretrained(path)
+    assert type(text).__name__ == f"{stem}CombinedPipeline" and type(text).__module__.startswith("kernel_kandinsky")
+    assert type(AutoPipelineForImage2Image.from_pretrained(path)).__name__ == f"{stem}Img2ImgCombinedPipeline"
+    inpaint = AutoPipelineForInpainting.from_pipe(text)
+    assert type(inpaint).__name__ == f"{stem}InpaintCombinedPipeline" and inpaint.prior_prior is text.prior_prior
