@@ -140,6 +140,25 @@ def test_video_to_video_custom_schedules(v2v, kwargs):
     _check(f"v2v euler {kwargs}", got, want)
 
 
+def test_video_to_video_free_init_and_free_noise_off_again(v2v):
+    args = dict(base=V2V, video=fx.video())
+    plain, want_plain = _run_both(v2v, **args)
+    for pipe in v2v:
+        pipe.enable_free_init(num_iters=2)
+        pipe.enable_free_noise(context_length=2, context_stride=1)
+    try:
+        on, want_on = _run_both(v2v, **args)
+    finally:
+        for pipe in v2v:
+            pipe.disable_free_init()
+            pipe.disable_free_noise()
+    _check("v2v free-init + free-noise on", on, want_on)
+    assert fx.max_diff(on, plain) > 1e-3
+    off, want_off = _run_both(v2v, **args)
+    assert fx.max_diff(off, plain) == 0.0
+    _check("v2v both off again", off, want_off)
+
+
 # ------------------------------------------------------------------------------------------ text-to-video
 @pytest.fixture(scope="module")
 def t2v():
