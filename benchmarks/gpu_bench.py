@@ -59,7 +59,7 @@ sys.path.insert(0, str(HERE))
 
 import _weights  # noqa: E402
 
-SECTIONS = ("unet", "flux", "memory", "pipelines", "load", "compile", "explain")
+SECTIONS = ("unet", "flux", "memory", "pipelines", "load", "compile", "explain", "video", "two-stage")
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's data sheets; first match wins.
 PEAK_BF16 = (("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4), ("GH200", 989.4),
@@ -68,6 +68,8 @@ PEAK_BF16 = (("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100"
 # ----------------------------------------------------------------------------- shapes
 
 _CLIP_IDS = dict(bos_token_id=84, eos_token_id=85, pad_token_id=85)  # write_tokenizer's special tokens
+_SC_ATTN = ["SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock"]  # Stable Cascade block types
+_SC_NO_ATTN = ["SDCascadeResBlock", "SDCascadeTimestepBlock"]
 
 FULL = dict(
     unet_xl=dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
@@ -86,6 +88,33 @@ FULL = dict(
               joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=[16, 56, 56], guidance_embeds=True),
     latent=128, flux_latent=128, flux_text=512, sd15=(512, 50), xl=(1024, 30), sync_steps=30,
     repeats=5, rounds=3, pipe_rounds=2, load_rounds=2,
+    # video (issue 17): THUDM/CogVideoX-2b's transformer and VAE configs, an SD 1.5-shaped AnimateDiff UNet
+    # (the v1-5-2 adapter's shape: motion mid block, 32 positions); cut to cog_short_depth layers below cog_full_s.
+    cog=dict(num_attention_heads=30, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
+             text_embed_dim=4096, num_layers=30, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
+             temporal_compression_ratio=4, max_text_seq_length=226),
+    cog_latent=(13, 60, 90), cog_full_s=150, cog_short_depth=4,
+    cog_vae=dict(block_out_channels=(128, 256, 256, 512), latent_channels=16, layers_per_block=3, norm_num_groups=32,
+                 temporal_compression_ratio=4, sample_height=480, sample_width=720),
+    cog_tiles={}, cog_vae_latent=(13, 60, 90), cog_vae_s=60, vae_rounds=2,
+    motion=dict(sample_size=64, cross_attention_dim=768, num_attention_heads=8, motion_num_attention_heads=8,
+                motion_max_seq_length=32, use_motion_mid_block=True),
+    motion_latent=(16, 64), video_repeats=2, video_rounds=3,
+    # two-stage (issue 18): the released Stable Cascade lite UNets (stage C 1.0 B, stage B 0.7 B), 1024 px.
+    stage_c=dict(in_channels=16, out_channels=16, timestep_ratio_embedding_dim=64, patch_size=1, conditioning_dim=1536,
+                 block_out_channels=[1536, 1536], num_attention_heads=[24, 24], down_num_layers_per_block=[4, 12],
+                 up_num_layers_per_block=[12, 4], down_blocks_repeat_mappers=[1, 1], up_blocks_repeat_mappers=[1, 1],
+                 block_types_per_layer=[_SC_ATTN, _SC_ATTN], clip_text_in_channels=1280,
+                 clip_text_pooled_in_channels=1280, clip_image_in_channels=768, clip_seq=4, kernel_size=3,
+                 dropout=[0.1, 0.1], self_attn=True, timestep_conditioning_type=["sca", "crp"], switch_level=[False]),
+    stage_b=dict(in_channels=4, out_channels=4, timestep_ratio_embedding_dim=64, patch_size=2, conditioning_dim=1280,
+                 block_out_channels=[320, 576, 1152, 1152], num_attention_heads=[0, 9, 18, 18],
+                 down_num_layers_per_block=[2, 4, 14, 4], up_num_layers_per_block=[4, 14, 4, 2],
+                 down_blocks_repeat_mappers=[1, 1, 1, 1], up_blocks_repeat_mappers=[2, 2, 2, 2],
+                 block_types_per_layer=[_SC_NO_ATTN, _SC_NO_ATTN, _SC_ATTN, _SC_ATTN], clip_text_pooled_in_channels=1280,
+                 clip_seq=4, effnet_in_channels=16, pixel_mapper_in_channels=3, kernel_size=3, dropout=[0, 0, 0.1, 0.1],
+                 self_attn=True, timestep_conditioning_type=["sca"]),
+    cascade_latent=(24, 256), cascade_px=1024,
 )
 TINY = dict(
     unet_xl=dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
@@ -101,6 +130,31 @@ TINY = dict(
               joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6], guidance_embeds=True),
     latent=16, flux_latent=16, flux_text=24, sd15=(64, 3), xl=(64, 3), sync_steps=30,
     repeats=2, rounds=2, pipe_rounds=1, load_rounds=1,
+    cog=dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+             text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+             temporal_compression_ratio=4, max_text_seq_length=7),
+    cog_latent=(3, 8, 8), cog_full_s=0, cog_short_depth=1,
+    cog_vae=dict(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
+                 temporal_compression_ratio=4, sample_height=64, sample_width=64),
+    cog_tiles=dict(tile_sample_min_height=32, tile_sample_min_width=32), cog_vae_latent=(5, 8, 8), cog_vae_s=0,
+    vae_rounds=1,
+    motion=dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                cross_attention_dim=32, num_attention_heads=2, motion_num_attention_heads=2, motion_max_seq_length=8,
+                down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+                up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion")),
+    motion_latent=(4, 8), video_repeats=1, video_rounds=2,
+    stage_c=dict(conditioning_dim=128, block_out_channels=(128, 128), num_attention_heads=(2, 2),
+                 down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1), switch_level=(False,),
+                 clip_image_in_channels=768, clip_text_in_channels=32, clip_text_pooled_in_channels=32,
+                 dropout=(0.1, 0.1)),
+    stage_b=dict(in_channels=4, out_channels=4, conditioning_dim=128, block_out_channels=(16, 32, 32, 32),
+                 num_attention_heads=(-1, -1, 1, 2), down_num_layers_per_block=(1, 1, 1, 1),
+                 up_num_layers_per_block=(1, 1, 1, 1), down_blocks_repeat_mappers=(1, 1, 1, 1),
+                 up_blocks_repeat_mappers=(3, 3, 2, 2), block_types_per_layer=(_SC_NO_ATTN, _SC_NO_ATTN, _SC_ATTN, _SC_ATTN),
+                 clip_text_pooled_in_channels=32, clip_seq=4, effnet_in_channels=16, pixel_mapper_in_channels=3,
+                 dropout=(0.1, 0.1, 0.1, 0.1), self_attn=True, timestep_conditioning_type=("sca",), kernel_size=3,
+                 patch_size=1),
+    cascade_latent=(8, 16), cascade_px=64,
 )
 
 # ----------------------------------------------------------------------------- libraries
@@ -911,6 +965,151 @@ def section_load(rep: Report, cfg: dict, device, dtype, folder: Path) -> None:
             times["theirs"] or None, "<= 0.5", speed)
 
 
+# ----------------------------------------------------------------------------- video and two-stage (issues 17, 18)
+
+
+def _fill_zeros(model, seed: int = 3, std: float = 0.02):
+    """Replace every all-zero parameter (zero-initialised output projections, GRN gains, norm biases) with seeded
+    noise, so a max difference also covers the paths a fresh model would switch off; returns ``model``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_((torch.randn(p.shape, generator=g) * std).to(p.device, p.dtype))
+    return model
+
+
+def _pair(name: str, config: dict, device, dtype):
+    """Ours (seeded, no all-zero parameters) and Diffusers' ``name`` holding the same state dict (or ``None``)."""
+    mine = _fill_zeros(build(ours(name), config, device, dtype))
+    return mine, twin(theirs(name), config, mine, device, dtype)
+
+
+def _weights_gib(model) -> float:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**30
+
+
+def compare(rep: Report, label: str, calls: dict, models: dict, device, repeats: int, rounds: int,
+            target: str = "<= 0.95", warmup: dict | None = None) -> None:
+    """One timing row (ms per call, ours and Diffusers alternating) with the outputs' max difference, and on CUDA
+    one peak-memory row: for each library its model's weights plus the peak its call allocates above what was
+    resident before it (both models share the card, so the other library's weights stay out of each figure)."""
+    calls = {k: f for k, f in calls.items() if f is not None}
+    out = {}
+
+    def keep(lib, fn):
+        def run():
+            out[lib] = fn()
+        return run
+
+    with torch.inference_mode():
+        for lib, fn in (warmup or {}).items():  # a cheaper warm-up than a full call, where one is given
+            if lib in calls and fn is not None:
+                fn()
+        times = alternate({lib: keep(lib, fn) for lib, fn in calls.items()}, device, repeats, rounds,
+                          warmup=0 if warmup else 1)
+        note = f"max|ours-diffusers| {max_diff(out['ours'], out['theirs']):.3g}" if "theirs" in out else ""
+        out.clear()
+        peaks = {}
+        if device.type == "cuda":
+            for lib, fn in calls.items():
+                free(device)
+                sync(device)
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                fn()
+                sync(device)
+                peaks[lib] = (torch.cuda.max_memory_allocated(device) - base) / 2**30 + _weights_gib(models[lib])
+    ms = {k: [t * 1e3 for t in v] for k, v in times.items()}
+    rep.add(label, "ms", ms["ours"], ms.get("theirs"), target, note)
+    if peaks:
+        rep.add(f"{label}, peak memory", "GiB", peaks["ours"], peaks.get("theirs"), "<= 1.0",
+                f"weights {_weights_gib(models['ours']):.2f} GiB + the call's peak above resident")
+
+
+def section_video(rep: Report, cfg: dict, device, dtype, half) -> None:
+    """CogVideoX-2b transformer step, CogVideoX-2b VAE tiled decode, SD1.5-shaped AnimateDiff UNet step."""
+    reps, rounds = cfg["video_repeats"], cfg["video_rounds"]
+    g = torch.Generator().manual_seed(0)
+    # 1. CogVideoX-2b transformer, full depth unless the budget is short.
+    config = dict(cfg["cog"])
+    frames, height, width = cfg["cog_latent"]
+    depth = config["num_layers"]
+    if rep.left() < cfg["cog_full_s"]:
+        config["num_layers"] = depth = min(depth, cfg["cog_short_depth"])
+        rep.note(f"CogVideoX transformer cut to {depth} layers: {rep.left():.0f} s of the time budget left")
+    mine, other = _pair("CogVideoXTransformer3DModel", config, device, dtype)
+    inputs = dict(hidden_states=torch.randn(2, frames, config["in_channels"], height, width, generator=g).to(device, dtype),
+                  encoder_hidden_states=torch.randn(2, config["max_text_seq_length"], config["text_embed_dim"],
+                                                    generator=g).to(device, dtype),
+                  timestep=torch.full((2,), 500, device=device, dtype=torch.long))
+    call = lambda m: (lambda: m(**inputs, return_dict=False)[0]) if m is not None else None  # noqa: E731
+    tokens = frames * (height // config["patch_size"]) * (width // config["patch_size"])
+    compare(rep, f"CogVideoX-2b transformer {depth} layers {frames}x{height}x{width} ({tokens} tok) b2 "
+            f"{str(dtype)[6:]} step", {"ours": call(mine), "theirs": call(other)}, {"ours": mine, "theirs": other},
+            device, reps, rounds)
+    del mine, other, inputs
+    free(device)
+    # 2. CogVideoX-2b VAE, tiled decode (enable_tiling with its defaults: tiles of half the sample size).
+    if rep.left() < cfg["cog_vae_s"]:
+        rep.note(f"CogVideoX VAE decode skipped: {rep.left():.0f} s of the time budget left")
+    else:
+        mine, other = _pair("AutoencoderKLCogVideoX", cfg["cog_vae"], device, dtype)
+        for m in (mine, other):
+            if m is not None:
+                m.enable_tiling(**cfg["cog_tiles"])
+        lat_frames, lat_h, lat_w = cfg["cog_vae_latent"]
+        z = torch.randn(1, cfg["cog_vae"]["latent_channels"], lat_frames, lat_h, lat_w, generator=g).to(device, dtype)
+        call = lambda m, x=z: (lambda: m.decode(x, return_dict=False)[0]) if m is not None else None  # noqa: E731
+        short = z[:, :, :3]  # warm-up on 3 latent frames: same kernels, a quarter of the work
+        out_frames = (lat_frames - 1) * cfg["cog_vae"]["temporal_compression_ratio"] + 1
+        compare(rep, f"CogVideoX-2b VAE tiled decode {lat_frames} latent -> {out_frames} frames "
+                f"{lat_h * 8}x{lat_w * 8} {str(dtype)[6:]}", {"ours": call(mine), "theirs": call(other)},
+                {"ours": mine, "theirs": other}, device, 1, cfg["vae_rounds"],
+                warmup={"ours": call(mine, short), "theirs": call(other, short)})
+        del mine, other, z, short
+        free(device)
+    # 3. AnimateDiff: SD 1.5-shaped UNetMotionModel (v1-5-2 adapter shape: motion mid block, 32 positions).
+    mine, other = _pair("UNetMotionModel", cfg["motion"], device, half)
+    frames, side = cfg["motion_latent"]
+    inputs = dict(sample=torch.randn(2, 4, frames, side, side, generator=g).to(device, half),
+                  timestep=torch.full((2,), 500, device=device, dtype=torch.long),
+                  encoder_hidden_states=torch.randn(2, 77, cfg["motion"]["cross_attention_dim"], generator=g)
+                  .repeat_interleave(frames, 0).to(device, half))  # per frame, as the AnimateDiff pipeline passes it
+    call = lambda m: (lambda: m(**inputs, return_dict=False)[0]) if m is not None else None  # noqa: E731
+    compare(rep, f"AnimateDiff SD1.5-shaped UNetMotionModel {frames} frames {side * 8}px b2 {str(half)[6:]} step",
+            {"ours": call(mine), "theirs": call(other)}, {"ours": mine, "theirs": other}, device, reps, rounds)
+    del mine, other, inputs
+
+
+def section_two_stage(rep: Report, cfg: dict, device, dtype) -> None:
+    """Stable Cascade lite stage C (prior) and stage B (decoder) UNet steps, guidance batch 2."""
+    g = torch.Generator().manual_seed(0)
+    c_side, b_side = cfg["cascade_latent"]
+    stage_c, stage_b = cfg["stage_c"], cfg["stage_b"]
+    rand = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
+    rows = (
+        ("C (prior)", stage_c, dict(sample=rand(2, 16, c_side, c_side),
+                                    clip_text_pooled=rand(2, 1, stage_c["clip_text_pooled_in_channels"]),
+                                    clip_text=rand(2, 77, stage_c["clip_text_in_channels"]),
+                                    clip_img=rand(2, 1, stage_c["clip_image_in_channels"])), cfg["cascade_px"]),
+        ("B (decoder)", stage_b, dict(sample=rand(2, 4, b_side, b_side),
+                                      clip_text_pooled=rand(2, 1, stage_b["clip_text_pooled_in_channels"]),
+                                      effnet=rand(2, 16, c_side, c_side),
+                                      pixels=torch.zeros(2, 3, 8, 8, device=device, dtype=dtype)), cfg["cascade_px"]),
+    )
+    for stage, config, inputs, px in rows:
+        inputs["timestep_ratio"] = torch.full((2,), 0.5, device=device, dtype=dtype)
+        mine, other = _pair("StableCascadeUNet", config, device, dtype)
+        params = sum(p.numel() for p in mine.parameters()) / 1e9
+        call = lambda m: (lambda: m(**inputs, return_dict=False)[0]) if m is not None else None  # noqa: E731
+        compare(rep, f"Stable Cascade lite stage {stage} UNet ({params:.2g} B) {px}px b2 {str(dtype)[6:]} step",
+                {"ours": call(mine), "theirs": call(other)}, {"ours": mine, "theirs": other}, device,
+                cfg["video_repeats"], cfg["video_rounds"])
+        del mine, other
+        free(device)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -951,7 +1150,8 @@ def main(argv=None) -> int:
     rep = Report(device, opts.budget_s, json_path)
     half = torch.float16 if device.type == "cuda" else torch.float32
     # Rough cost of each section on an H100 (seconds), to skip rather than overrun the budget.
-    cost = dict(unet=20, flux=15, memory=40, compile=120, pipelines=105, load=0, explain=40) if not opts.tiny else {}
+    cost = dict(unet=20, flux=15, memory=40, compile=120, pipelines=105, load=0, explain=40, video=90,
+                **{"two-stage": 30}) if not opts.tiny else {}
     with tempfile.TemporaryDirectory(prefix="kbench-tok-") as tok:
         _weights.write_tokenizer(Path(tok))
         for name in SECTIONS:
@@ -981,6 +1181,10 @@ def main(argv=None) -> int:
                         section_load(rep, cfg, device, half, Path(folder))
                 elif name == "explain":
                     section_explain(rep, cfg, device, dtype)
+                elif name == "video":
+                    section_video(rep, cfg, device, dtype, half)
+                elif name == "two-stage":
+                    section_two_stage(rep, cfg, device, dtype)
             except Exception as exc:  # one failing section must not lose the others
                 import traceback
 
