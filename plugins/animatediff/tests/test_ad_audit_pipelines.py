@@ -364,3 +364,24 @@ def test_video_to_video_free_noise_with_euler_frame_prompts_and_latents(v2v):
     (got, want), (got_l, want_l) = _free_noise(pair, dict(context_length=4, context_stride=3), run)
     _check("v2v free-noise euler frame prompts", got, want)
     _check("v2v free-noise euler latents", got_l, want_l)
+
+
+def test_folders_with_a_motion_unet_and_no_adapter_both_ways(tmp_path):
+    """A pipeline given a ready UNetMotionModel (motion_adapter=None) saves [null, null] for the adapter; such
+    folders load both ways."""
+    from kernel_animatediff import AnimateDiffPipeline, UNetMotionModel
+
+    d, k = fx.components()
+    theirs = diffusers.AnimateDiffPipeline(**{**d, "motion_adapter": None,
+                                              "unet": diffusers.UNetMotionModel.from_unet2d(d["unet"], d["motion_adapter"])})
+    ours = AnimateDiffPipeline(**{**k, "motion_adapter": None, "unet": UNetMotionModel.from_unet2d(k["unet"], k["motion_adapter"])})
+    theirs.set_progress_bar_config(disable=True)
+    want = theirs(**BASE, generator=fx.gen(0)).frames
+    theirs.save_pretrained(tmp_path / "theirs")
+    ours.save_pretrained(tmp_path / "ours")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "theirs")
+    assert type(loaded) is AnimateDiffPipeline and loaded.motion_adapter is None
+    back = diffusers.AnimateDiffPipeline.from_pretrained(tmp_path / "ours")
+    for pipe, name in ((loaded, "no-adapter diffusers folder here"), (back, "no-adapter our folder in diffusers")):
+        pipe.set_progress_bar_config(disable=True)
+        _check(name, pipe(**BASE, generator=fx.gen(0)).frames, want)
