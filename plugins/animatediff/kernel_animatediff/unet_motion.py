@@ -358,6 +358,8 @@ class UNetMotionModel(ModelMixin, AttentionMixin):
             raise ValueError(f"sample has {frames} frames but the motion modules cover at most "
                              f"motion_max_seq_length={self.config.motion_max_seq_length}")
         encoder_hidden_states = _per_frame(encoder_hidden_states, batch, frames, "encoder_hidden_states")
+        if self.encoder_hid_proj is not None:  # an adapter's image projection (IP-Adapter): its tokens, per frame
+            encoder_hidden_states = (encoder_hidden_states, self._image_tokens(added_cond_kwargs, frames))
         up_factor = 2**self.num_upsamplers
         forward_upsample_size = height % up_factor != 0 or width % up_factor != 0
         attention_mask = mask_to_bias(_per_frame(attention_mask, batch, frames, "attention_mask")
@@ -413,6 +415,15 @@ class UNetMotionModel(ModelMixin, AttentionMixin):
         if not return_dict:
             return (out,)
         return UNetMotionOutput(sample=out)
+
+    def _image_tokens(self, added_cond_kwargs: dict[str, Any] | None, frames: int) -> list[torch.Tensor]:
+        """``added_cond_kwargs["image_embeds"]`` through ``encoder_hid_proj``, each video's tokens repeated for its
+        frames; the attention processors receive ``(text states, image tokens)`` as the 2-D UNet passes them."""
+        cond = added_cond_kwargs or {}
+        if "image_embeds" not in cond:
+            raise ValueError("this UNet projects image embeddings (an IP-Adapter is loaded): pass "
+                             "added_cond_kwargs={'image_embeds': [...]} (one tensor per adapter), or remove the adapter")
+        return [t.repeat_interleave(frames, dim=0) for t in self.encoder_hid_proj(cond["image_embeds"])]
 
 
 def _per_frame(x: torch.Tensor, batch: int, frames: int, name: str) -> torch.Tensor:

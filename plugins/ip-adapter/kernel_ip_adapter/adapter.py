@@ -17,10 +17,7 @@
 
 The files number the attention layers of an SD UNet (self- and cross-attention alternately); in a UNet
 with AnimateDiff motion modules (``UNetMotionModel``) the motion modules' attention layers are left out of
-that numbering, as Diffusers does.  Such a UNet's own forward does not project image embeddings, so a
-forward pre-hook does it: ``added_cond_kwargs["image_embeds"]`` goes through ``encoder_hid_proj``, each
-video's tokens are repeated for its frames, and they reach the IP processors as the cross-attention
-keyword ``ip_adapter_image_tokens`` (what Diffusers' ``UNetMotionModel`` does inside its forward).
+that numbering, as Diffusers does (that UNet repeats each video's image tokens for its frames itself).
 
 A FaceID file's LoRA is not applied here (as Diffusers' UNet loader does not): :meth:`IPAdapter.lora_state_dicts`
 gives it, in Diffusers' attention-processor LoRA layout, to the pipeline, which loads it as a LoRA adapter.
@@ -32,7 +29,6 @@ UNet (an SDXL adapter on SD 1.5) leaves the model as it was.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -40,7 +36,7 @@ import torch
 from torch import nn
 
 from kernel_ip_adapter.formats import IPAdapterFormatError, IPAdapterWeights, convert
-from kernel_ip_adapter.processor import IP_IMAGE_TOKENS, IPAdapterAttnProcessor
+from kernel_ip_adapter.processor import IPAdapterAttnProcessor
 from kernel_ip_adapter.projection import MultiIPAdapterImageProjection
 
 IP_IMAGE_PROJ = "ip_image_proj"
@@ -56,7 +52,6 @@ class _Saved:
     moved_text_proj: bool               # a "text_proj" projection went to text_encoder_hid_proj
     hid_dim_type: Any
     defaults_used: tuple
-    projection_hook: Any = None         # the forward pre-hook of a UNet with motion modules
 
 
 def is_motion_layer(name: str) -> bool:
@@ -80,21 +75,6 @@ def attention_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
 def ip_processors(unet: nn.Module) -> dict[str, IPAdapterAttnProcessor]:
     """``{attention module name: IP processor}`` of the IP-Adapter layers installed in ``unet``."""
     return {name: m.processor for name, m in attention_layers(unet) if isinstance(m.processor, IPAdapterAttnProcessor)}
-
-
-def _project_image_embeds(unet: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Forward pre-hook of a UNet with motion modules: ``added_cond_kwargs["image_embeds"]`` -> image tokens, one
-    row per frame, handed to the IP processors through ``cross_attention_kwargs``."""
-    call = inspect.signature(unet.forward).bind(*args, **kwargs).arguments
-    added = dict(call.get("added_cond_kwargs") or {})
-    if "image_embeds" not in added:
-        raise ValueError("an IP-Adapter is loaded in this UNet: pass added_cond_kwargs={'image_embeds': [...]} "
-                         "(one tensor per adapter), or remove the IP-Adapter")
-    frames = call["sample"].shape[2]
-    tokens = [t.repeat_interleave(frames, dim=0) for t in unet.encoder_hid_proj(added.pop("image_embeds"))]
-    call["added_cond_kwargs"] = added
-    call["cross_attention_kwargs"] = {**(call.get("cross_attention_kwargs") or {}), IP_IMAGE_TOKENS: tokens}
-    return (), dict(call)
 
 
 def installed(unet: nn.Module) -> bool:
@@ -127,8 +107,6 @@ def remove(unet: nn.Module) -> None:
     else:
         unet.encoder_hid_proj = saved.encoder_hid_proj
     _set_config(unet, saved.hid_dim_type, saved.defaults_used)
-    if saved.projection_hook is not None:
-        saved.projection_hook.remove()
     del unet.__dict__[_SAVED]
 
 
@@ -235,8 +213,6 @@ class IPAdapter:
             saved.moved_text_proj = True
         model.encoder_hid_proj = MultiIPAdapterImageProjection(projections)
         _set_config(model, IP_IMAGE_PROJ)
-        if any(is_motion_layer(name) for name, _ in attention_layers(model)):
-            saved.projection_hook = model.register_forward_pre_hook(_project_image_embeds, with_kwargs=True)
         object.__setattr__(model, _SAVED, saved)
 
     def remove(self, model: nn.Module) -> None:

@@ -12,8 +12,7 @@ tensor ``(batch, images, tokens, cross_attention_dim)`` (the output of
 ``ip_adapter_masks`` (one ``(1, images, H, W)`` mask per adapter, from
 :class:`kernel_ip_adapter.masks.IPAdapterMaskProcessor`) each image only acts inside its region and a
 scale may be a list with one value per image.  A plain ``encoder_hidden_states`` tensor (no image tokens)
-gives the text attention alone.  A UNet that cannot pass the tuple down (AnimateDiff's ``UNetMotionModel``)
-hands the image tokens over as the keyword ``ip_adapter_image_tokens`` instead.
+gives the text attention alone.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from torch import nn
 from kernel_ip_adapter.masks import IPAdapterMaskProcessor
 
 Scale = float | list[float]
-#: the cross-attention keyword carrying the image tokens when ``encoder_hidden_states`` is the text alone
-IP_IMAGE_TOKENS = "ip_adapter_image_tokens"
 
 
 def is_off(scale: Scale) -> bool:
@@ -88,9 +85,8 @@ class IPAdapterAttnProcessor(nn.Module):
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Any = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 ip_adapter_masks: Any = None, ip_adapter_image_tokens: Sequence[torch.Tensor] | None = None,
-                 **kwargs: Any) -> torch.Tensor:
-        image_tokens: Sequence[torch.Tensor] = ip_adapter_image_tokens or ()
+                 ip_adapter_masks: Any = None, **kwargs: Any) -> torch.Tensor:
+        image_tokens: Sequence[torch.Tensor] = ()
         if isinstance(encoder_hidden_states, tuple):
             encoder_hidden_states, image_tokens = encoder_hidden_states
         residual = hidden_states
