@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU benchmarks against Diffusers in one run of under 8 minutes (issue 8); see benchmarks/GPU.md.
+# GPU benchmarks against Diffusers in one run of under 8 minutes (issue 8; video and two-stage rows: issues 17, 18);
+# see benchmarks/GPU.md.
 #
 #   bash benchmarks/gpu.sh [gpu_bench.py options]       e.g. --only unet,compile
 #
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 BUDGET=${KERNEL_BENCH_BUDGET_S:-445}       # seconds for the whole run, installs included
 SITE=${KERNEL_BENCH_SITE:-/tmp/kernel-bench-site}
-PLUGINS=${KERNEL_BENCH_PLUGINS:-"layers unet autoencoders clip t5 guiders lora ip-adapter textual-inversion memory quant-bitsandbytes quant-gguf single-file distributed sd sd3 flux controlnet sched-common sched-euler sched-pndm sched-flow-match sched-ddim"}
+PLUGINS=${KERNEL_BENCH_PLUGINS:-"layers unet autoencoders clip t5 guiders lora ip-adapter textual-inversion memory quant-bitsandbytes quant-gguf single-file distributed sd sd3 flux controlnet sched-common sched-euler sched-pndm sched-flow-match sched-ddim video cogvideo animatediff stable-cascade"}
 GPU_TESTS=${KERNEL_GPU_TESTS:-0}          # 1: also run the CUDA-only tests first (needs every plugin)
 [ "$GPU_TESTS" = 1 ] && PLUGINS=all
 [ "$PLUGINS" = all ] && PLUGINS=$(cd plugins && ls -d */ | tr -d /)

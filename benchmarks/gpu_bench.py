@@ -3,6 +3,7 @@
     python benchmarks/gpu_bench.py                          # on an NVIDIA card (run by benchmarks/gpu.sh)
     python benchmarks/gpu_bench.py --device cpu --tiny      # dry run of every section with tiny shapes
     python benchmarks/gpu_bench.py --only unet,flux --budget-s 300
+    python benchmarks/gpu_bench.py --only video,two-stage          # the video and two-stage rows alone
 
 Sections (``--only`` takes their names):
 
@@ -23,13 +24,21 @@ Sections (``--only`` takes their names):
   and the pipelines' own loops with the mode switched on from the first step-end callback;
 * ``load``: the SDXL-sized fp16 pipeline (written once to a temporary folder, so the files
   sit in the page cache) loaded with ``device_map`` set to the GPU;
-* ``explain``: graph breaks of the UNet and the Flux transformer (``torch._dynamo.explain``).
+* ``explain``: graph breaks of the UNet and the Flux transformer (``torch._dynamo.explain``);
+* ``video`` (issue 17): CogVideoX-2b's transformer at full config (30 layers, 30 heads x 64, text 4096), 13 latent
+  frames of 60x90 (17550 video + 226 text tokens), batch 2, bf16 (cut to 4 layers when under 150 s of the
+  budget is left); CogVideoX-2b's VAE with ``enable_tiling()`` decoding 13 latent frames into 49 frames of
+  480x720, bf16; an SD 1.5-shaped AnimateDiff ``UNetMotionModel`` (v1-5-2 adapter shape), 16 frames of 512x512,
+  batch 2, fp16: step time, peak CUDA memory, max difference;
+* ``two-stage`` (issue 18): the released Stable Cascade lite UNets, stage C (1.0 B, 24x24 latents) and stage B
+  (0.7 B, 256x256 latents, 24x24 effnet), 1024 px, batch 2, bf16: step time, peak CUDA memory, max difference.
 
 Weights are seeded random, built directly on the device; each Diffusers model gets our state dict
-(``strict=True``), so both compute the same function.  Ratios are ours / Diffusers (below 1 is
-faster).  Sections that would pass ``--budget-s`` are skipped and say so.  Without Diffusers the
-Diffusers columns stay empty and a note says why.  Results go to ``$OUT/gpu_bench.json`` when
-``$OUT`` is set (or ``--json``), rewritten after every section.
+(``strict=True``), so both compute the same function (the video and two-stage models first get seeded
+noise in place of every all-zero parameter, so the max difference also covers zero-initialised paths).
+Ratios are ours / Diffusers (below 1 is faster).  Sections that would pass ``--budget-s`` are skipped and
+say so.  Without Diffusers the Diffusers columns stay empty and a note says why.  Results go to
+``$OUT/gpu_bench.json`` when ``$OUT`` is set (or ``--json``), rewritten after every section.
 """
 
 from __future__ import annotations
@@ -111,9 +120,9 @@ FULL = dict(
                  block_out_channels=[320, 576, 1152, 1152], num_attention_heads=[0, 9, 18, 18],
                  down_num_layers_per_block=[2, 4, 14, 4], up_num_layers_per_block=[4, 14, 4, 2],
                  down_blocks_repeat_mappers=[1, 1, 1, 1], up_blocks_repeat_mappers=[2, 2, 2, 2],
-                 block_types_per_layer=[_SC_NO_ATTN, _SC_NO_ATTN, _SC_ATTN, _SC_ATTN], clip_text_pooled_in_channels=1280,
-                 clip_seq=4, effnet_in_channels=16, pixel_mapper_in_channels=3, kernel_size=3, dropout=[0, 0, 0.1, 0.1],
-                 self_attn=True, timestep_conditioning_type=["sca"]),
+                 block_types_per_layer=[_SC_NO_ATTN, _SC_NO_ATTN, _SC_ATTN, _SC_ATTN],
+                 clip_text_pooled_in_channels=1280, clip_seq=4, effnet_in_channels=16, pixel_mapper_in_channels=3,
+                 kernel_size=3, dropout=[0, 0, 0.1, 0.1], self_attn=True, timestep_conditioning_type=["sca"]),
     cascade_latent=(24, 256), cascade_px=1024,
 )
 TINY = dict(
@@ -150,7 +159,8 @@ TINY = dict(
     stage_b=dict(in_channels=4, out_channels=4, conditioning_dim=128, block_out_channels=(16, 32, 32, 32),
                  num_attention_heads=(-1, -1, 1, 2), down_num_layers_per_block=(1, 1, 1, 1),
                  up_num_layers_per_block=(1, 1, 1, 1), down_blocks_repeat_mappers=(1, 1, 1, 1),
-                 up_blocks_repeat_mappers=(3, 3, 2, 2), block_types_per_layer=(_SC_NO_ATTN, _SC_NO_ATTN, _SC_ATTN, _SC_ATTN),
+                 up_blocks_repeat_mappers=(3, 3, 2, 2),
+                 block_types_per_layer=(_SC_NO_ATTN, _SC_NO_ATTN, _SC_ATTN, _SC_ATTN),
                  clip_text_pooled_in_channels=32, clip_seq=4, effnet_in_channels=16, pixel_mapper_in_channels=3,
                  dropout=(0.1, 0.1, 0.1, 0.1), self_attn=True, timestep_conditioning_type=("sca",), kernel_size=3,
                  patch_size=1),
@@ -992,14 +1002,22 @@ def _weights_gib(model) -> float:
 def compare(rep: Report, label: str, calls: dict, models: dict, device, repeats: int, rounds: int,
             target: str = "<= 0.95", warmup: dict | None = None) -> None:
     """One timing row (ms per call, ours and Diffusers alternating) with the outputs' max difference, and on CUDA
-    one peak-memory row: for each library its model's weights plus the peak its call allocates above what was
-    resident before it (both models share the card, so the other library's weights stay out of each figure)."""
+    one peak-memory row: for each library its model's weights plus the most any of its timed calls allocated above
+    what was resident when the call began (both models share the card, so the other library's weights stay out
+    of each figure).  The allocator's counters are host-side: reading them adds no synchronisation."""
     calls = {k: f for k, f in calls.items() if f is not None}
-    out = {}
+    cuda = device.type == "cuda"
+    out, peaks = {}, {}
 
     def keep(lib, fn):
         def run():
+            out.pop(lib, None)  # the previous output is not part of this call's peak
+            if cuda:
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
             out[lib] = fn()
+            if cuda:
+                peaks[lib] = max(peaks.get(lib, 0.0), (torch.cuda.max_memory_allocated(device) - base) / 2**30)
         return run
 
     with torch.inference_mode():
@@ -1009,22 +1027,14 @@ def compare(rep: Report, label: str, calls: dict, models: dict, device, repeats:
         times = alternate({lib: keep(lib, fn) for lib, fn in calls.items()}, device, repeats, rounds,
                           warmup=0 if warmup else 1)
         note = f"max|ours-diffusers| {max_diff(out['ours'], out['theirs']):.3g}" if "theirs" in out else ""
-        out.clear()
-        peaks = {}
-        if device.type == "cuda":
-            for lib, fn in calls.items():
-                free(device)
-                sync(device)
-                base = torch.cuda.memory_allocated(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                fn()
-                sync(device)
-                peaks[lib] = (torch.cuda.max_memory_allocated(device) - base) / 2**30 + _weights_gib(models[lib])
+    out.clear()
     ms = {k: [t * 1e3 for t in v] for k, v in times.items()}
     rep.add(label, "ms", ms["ours"], ms.get("theirs"), target, note)
     if peaks:
-        rep.add(f"{label}, peak memory", "GiB", peaks["ours"], peaks.get("theirs"), "<= 1.0",
-                f"weights {_weights_gib(models['ours']):.2f} GiB + the call's peak above resident")
+        weights = {lib: _weights_gib(models[lib]) for lib in peaks}
+        rep.add(f"{label}, peak memory", "GiB", peaks["ours"] + weights["ours"],
+                peaks["theirs"] + weights["theirs"] if "theirs" in peaks else None, "<= 1.0",
+                f"weights {weights['ours']:.2f} GiB + the largest per-call peak above resident")
 
 
 def section_video(rep: Report, cfg: dict, device, dtype, half) -> None:
@@ -1039,7 +1049,8 @@ def section_video(rep: Report, cfg: dict, device, dtype, half) -> None:
         config["num_layers"] = depth = min(depth, cfg["cog_short_depth"])
         rep.note(f"CogVideoX transformer cut to {depth} layers: {rep.left():.0f} s of the time budget left")
     mine, other = _pair("CogVideoXTransformer3DModel", config, device, dtype)
-    inputs = dict(hidden_states=torch.randn(2, frames, config["in_channels"], height, width, generator=g).to(device, dtype),
+    inputs = dict(hidden_states=torch.randn(2, frames, config["in_channels"], height, width,
+                                            generator=g).to(device, dtype),
                   encoder_hidden_states=torch.randn(2, config["max_text_seq_length"], config["text_embed_dim"],
                                                     generator=g).to(device, dtype),
                   timestep=torch.full((2,), 500, device=device, dtype=torch.long))
