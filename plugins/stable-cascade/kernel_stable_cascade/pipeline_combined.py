@@ -57,6 +57,41 @@ class StableCascadeCombinedPipeline(StageAEntry, DiffusionPipeline):
         self.prior_pipe.set_progress_bar_config(**kwargs)
         self.decoder_pipe.set_progress_bar_config(**kwargs)
 
+    # ---------------------------------------------------------------- CPU offload, stage by stage
+    # As in Diffusers, each stage pipeline offloads its own models (its ``model_cpu_offload_seq``): the prior's
+    # hooks chain its text encoder and prior, the decoder's its text encoder, decoder and stage A, and each stage
+    # puts its models back on the CPU when its call ends.  The switches themselves are kernel-memory's.
+    def _stages(self) -> tuple[DiffusionPipeline, DiffusionPipeline]:
+        return self.prior_pipe, self.decoder_pipe
+
+    def _offload_stages(self, switch: str, gpu_id: int | None, device: Any) -> None:
+        if device is None:
+            device = "cuda"
+        for stage in self._stages():
+            getattr(stage, switch)(gpu_id=gpu_id, device=device)
+        self._offload_device = self.prior_pipe._offload_device
+        self._offload_kind = self.prior_pipe._offload_kind
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+        """Each stage keeps its models on the CPU and moves one whole model to ``device`` when it runs (the stage
+        pipelines' ``enable_model_cpu_offload``)."""
+        self._offload_stages("enable_model_cpu_offload", gpu_id, device)
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+        """Each stage keeps its weights on the CPU and moves each layer's weights to ``device`` only while it runs
+        (the stage pipelines' ``enable_sequential_cpu_offload``: the least memory, the most transfers)."""
+        self._offload_stages("enable_sequential_cpu_offload", gpu_id, device)
+
+    def maybe_free_model_hooks(self) -> None:
+        for stage in self._stages():
+            stage.maybe_free_model_hooks()
+        super().maybe_free_model_hooks()
+
+    def remove_all_hooks(self) -> None:
+        for stage in self._stages():
+            stage.remove_all_hooks()
+        super().remove_all_hooks()
+
     @torch.no_grad()
     def __call__(
         self,

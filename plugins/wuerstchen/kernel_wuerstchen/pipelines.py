@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -62,6 +63,27 @@ class _WuerstchenEntries:
             class_name = type(self.__dict__.get(name)).__name__
             if class_name in self._model_entries:
                 self.register_to_config(**{name: [self._stage_a_entry[0], class_name]})
+
+
+def _legacy_callback(call: SimpleNamespace, owner: str) -> None:
+    """Diffusers' deprecated ``callback(step, timestep, latents)`` / ``callback_steps`` keywords (still accepted by
+    the Würstchen pipelines in 0.42.1, with a FutureWarning) from ``call.kwargs`` onto ``call`` for the engine."""
+    extra = dict(getattr(call, "kwargs", None) or {})
+    call.callback = extra.pop("callback", None)
+    steps = extra.pop("callback_steps", None)
+    if extra:
+        raise TypeError(f"{owner}.__call__ got unexpected keyword arguments {sorted(extra)} (of the deprecated ones "
+                        "it takes callback and callback_steps)")
+    for name, value in (("callback", call.callback), ("callback_steps", steps)):
+        if value is not None:
+            warnings.warn(f"{name} is deprecated (Diffusers removes it in 1.0.0); use callback_on_step_end",
+                          FutureWarning, stacklevel=4)
+    if call.callback is not None and not callable(call.callback):
+        raise TypeError(f"callback must be callable as callback(step, timestep, latents), got "
+                        f"{type(call.callback).__name__}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"callback_steps must be a positive int (call callback every that many steps), got {steps!r}")
+    call.callback_steps = 1 if steps is None else steps
 
 
 class _WuerstchenText(_WuerstchenEntries):
@@ -140,6 +162,7 @@ class WuerstchenPriorPipeline(_WuerstchenText, StableCascadePriorPipeline):
 
     # ---------------------------------------------------------------- engine hooks
     def _prepare(self, call: SimpleNamespace) -> None:
+        _legacy_callback(call, type(self).__name__)
         if call.prompt is not None and call.prompt_embeds is not None:
             raise ValueError("pass either prompt or prompt_embeds, not both")
         if call.prompt is None and call.prompt_embeds is None:
@@ -206,7 +229,9 @@ class WuerstchenPriorPipeline(_WuerstchenText, StableCascadePriorPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - Diffusers' default
+        **kwargs: Any,
     ):
+        """``kwargs``: Diffusers' deprecated ``callback(step, timestep, latents)`` and ``callback_steps``."""
         return self._generate(locals())
 
 
@@ -249,6 +274,7 @@ class WuerstchenDecoderPipeline(_WuerstchenText, StableCascadeDecoderPipeline):
 
     # ---------------------------------------------------------------- engine hooks
     def _prepare(self, call: SimpleNamespace) -> None:
+        _legacy_callback(call, type(self).__name__)
         if call.prompt is None:
             raise ValueError("prompt is required (a str or a list of str; the combined pipeline passes \"\")")
         embeds = call.image_embeddings
@@ -301,7 +327,9 @@ class WuerstchenDecoderPipeline(_WuerstchenText, StableCascadeDecoderPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - Diffusers' default
+        **kwargs: Any,
     ):
+        """``kwargs``: Diffusers' deprecated ``callback(step, timestep, latents)`` and ``callback_steps``."""
         return self._generate(locals())
 
 
@@ -349,7 +377,20 @@ class WuerstchenCombinedPipeline(_WuerstchenEntries, StableCascadeCombinedPipeli
         prior_callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - Diffusers' default
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006
+        **kwargs: Any,
     ):
+        """``kwargs``: Diffusers' deprecated ``prior_callback`` / ``prior_callback_steps`` (for the prior) and
+        ``callback`` / ``callback_steps`` (for the decoder), each ``callback(step, timestep, latents)``."""
+        prior_kwargs = {}
+        for name in ("callback", "callback_steps"):
+            if kwargs.get(f"prior_{name}") is not None:
+                prior_kwargs[name] = kwargs.pop(f"prior_{name}")
+            else:
+                kwargs.pop(f"prior_{name}", None)
+        unknown = sorted(set(kwargs) - {"callback", "callback_steps"})
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.__call__ got unexpected keyword arguments {unknown} (of the "
+                            "deprecated ones it takes prior_callback, prior_callback_steps, callback, callback_steps)")
         embeddings = self.prior_pipe(
             prompt=prompt if prompt_embeds is None else None, height=height, width=width,
             num_inference_steps=prior_num_inference_steps, timesteps=prior_timesteps,
@@ -358,12 +399,12 @@ class WuerstchenCombinedPipeline(_WuerstchenEntries, StableCascadeCombinedPipeli
             negative_prompt_embeds=negative_prompt_embeds, num_images_per_prompt=num_images_per_prompt,
             generator=generator, latents=latents, output_type="pt", return_dict=False,
             callback_on_step_end=prior_callback_on_step_end,
-            callback_on_step_end_tensor_inputs=prior_callback_on_step_end_tensor_inputs)[0]
+            callback_on_step_end_tensor_inputs=prior_callback_on_step_end_tensor_inputs, **prior_kwargs)[0]
         outputs = self.decoder_pipe(
             image_embeddings=embeddings, prompt=prompt if prompt is not None else "",
             num_inference_steps=num_inference_steps, timesteps=decoder_timesteps,
             guidance_scale=decoder_guidance_scale, negative_prompt=negative_prompt, generator=generator,
             output_type=output_type, return_dict=return_dict, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **kwargs)
         self.maybe_free_model_hooks()
         return outputs
