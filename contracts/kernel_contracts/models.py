@@ -10,6 +10,13 @@ round trip, default 1e-5), ``dtypes`` (default
 ``(torch.float32, torch.bfloat16)``), ``tiling_atol`` (default 1e-4), ``compile`` (run the
 ``torch.compile(fullgraph=True)`` contract; on in the ``thorough`` profile or with
 ``--contracts-compile``).
+
+Video autoencoders take ``{"x": videos}`` of shape ``(B, C, F, H, W)``.  Their time axis is compressed by
+``temporal_compression_ratio`` ``t`` (the model's attribute, else its config value, else the
+``temporal_compression_ratio`` option).  The default frame rule is the causal one: ``F`` frames give
+``1 + (F - 1) // t`` latent frames and ``f`` latent frames decode to ``1 + (f - 1) * t`` frames.  Other
+rules are declared with the options ``latent_frames(F, t)`` and ``decoded_frames(f, t)``.  Images (4-D
+inputs) and other layouts are checked exactly as before.
 """
 
 from __future__ import annotations
@@ -209,11 +216,68 @@ def _compression_ratio(model: Any) -> int:
     return ratio
 
 
+def _temporal_ratio(model: Any, opts: dict) -> int:
+    ratio = getattr(model, "temporal_compression_ratio", None)
+    if ratio is None:
+        ratio = (getattr(model, "config", None) or {}).get("temporal_compression_ratio")
+    if ratio is None:
+        ratio = opts.get("temporal_compression_ratio")
+    assert ratio is not None, (
+        "a 5-D (B, C, F, H, W) input needs a temporal_compression_ratio: give the model the attribute or the "
+        "config value, or declare it in contract_options"
+    )
+    if isinstance(ratio, float) and ratio.is_integer():
+        ratio = int(ratio)
+    assert isinstance(ratio, int) and not isinstance(ratio, bool) and ratio >= 1, (
+        f"temporal_compression_ratio is {ratio!r}; a video autoencoder requires a positive int"
+    )
+    return ratio
+
+
+def causal_latent_frames(frames: int, ratio: int) -> int:
+    """Causal video VAEs: the first frame alone, then one latent frame per ``ratio`` frames."""
+    return 1 + (frames - 1) // ratio
+
+
+def causal_decoded_frames(latent_frames: int, ratio: int) -> int:
+    return 1 + (latent_frames - 1) * ratio
+
+
+def _check_video_shapes(model: Any, x: torch.Tensor, opts: dict) -> None:
+    ratio, t = _compression_ratio(model), _temporal_ratio(model, opts)
+    to_latent = opts.get("latent_frames", causal_latent_frames)
+    to_frames = opts.get("decoded_frames", causal_decoded_frames)
+    clips = [x]
+    if x.shape[2] > 1 and to_latent(1, t) >= 1:
+        clips.append(x[:, :, :1])  # a single frame exercises the time rule's first term
+    for clip in clips:
+        z, y = _encode_decode(model, clip)
+        b, _, f, h, w = clip.shape
+        lf = to_latent(f, t)
+        expected = (b, model.config["latent_channels"], lf, h // ratio, w // ratio)
+        assert tuple(z.shape) == expected, (
+            f"latents {tuple(z.shape)} for video {tuple(clip.shape)}; expected {expected} "
+            f"(temporal_compression_ratio={t}: {lf} latent frames for {f}; spatial_compression_ratio={ratio})"
+        )
+        out = (b, clip.shape[1], to_frames(lf, t), h, w)
+        assert tuple(y.shape) == out, (
+            f"decode gave {tuple(y.shape)} for latents {tuple(z.shape)}; expected {out} "
+            f"({out[2]} frames for {lf} latent frames at temporal_compression_ratio={t})"
+        )
+
+
 @contract("autoencoder", "encode_decode_shapes", examples=model_examples, budget=MODEL_BUDGET)
 def encode_decode_shapes(subject: Subject, ex: dict, opts: dict) -> None:
-    """``encode`` gives ``(B, latent_channels, *S / spatial_compression_ratio)``; ``decode`` inverts the shape."""
+    """``encode`` gives ``(B, latent_channels, *S / spatial_compression_ratio)``; ``decode`` inverts the shape.
+
+    Videos ``(B, C, F, H, W)`` also compress time by ``temporal_compression_ratio`` (causal rule by default:
+    ``1 + (F - 1) // t`` latent frames, ``1 + (f - 1) * t`` decoded frames), checked on the example and on its
+    first frame alone."""
     model = model_of(subject)
     x = inputs_for(subject, opts, model, ex)["x"]
+    if x.ndim == 5:
+        _check_video_shapes(model, x, opts)
+        return
     z, y = _encode_decode(model, x)
     ratio = _compression_ratio(model)
     expected = (x.shape[0], model.config["latent_channels"], *(s // ratio for s in x.shape[2:]))

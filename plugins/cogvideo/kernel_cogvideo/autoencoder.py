@@ -341,6 +341,31 @@ def _frame_ranges(frames: int, per_batch: int) -> list[tuple[int, int]]:
     return [(0 if i == 0 else per_batch * i + extra, per_batch * (i + 1) + extra) for i in range(n)]
 
 
+def cogvideox_latent_frames(frames: int, temporal_compression_ratio: int = 4, batch: int = 8) -> int:
+    """Latent frames the VAE encodes ``frames`` frames into: per frame batch (see :func:`_frame_ranges`) each
+    time-compressing stage keeps frame 0 and averages the pairs after it, i.e. ``ceil(n / 2)``."""
+    total = 0
+    for start, end in _frame_ranges(frames, batch):
+        n = min(end, frames) - start
+        for _ in range(int(math.log2(temporal_compression_ratio))):
+            n -= n // 2
+        total += n
+    return total
+
+
+def cogvideox_decoded_frames(latent_frames: int, temporal_compression_ratio: int = 4, batch: int = 2) -> int:
+    """Frames the VAE decodes ``latent_frames`` into: per latent batch each time-expanding stage doubles the frames,
+    an odd count (above one) keeping frame 0 single.  So ``1 + t (f - 1)`` for odd ``f`` and ``t f`` for even ``f``
+    with the default batches: 13 -> 49 and 21 -> 81, but 2 -> 8."""
+    total = 0
+    for start, end in _frame_ranges(latent_frames, batch):
+        n = min(end, latent_frames) - start
+        for _ in range(int(math.log2(temporal_compression_ratio))):
+            n = 2 * n - 1 if n > 1 and n % 2 else 2 * n if n > 1 else n
+        total += n
+    return total
+
+
 def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
     """Cross-fade the last ``extent`` slices of ``a`` into the first of ``b`` along ``dim`` (``b`` in place)."""
     extent = min(a.shape[dim], b.shape[dim], extent)
@@ -356,10 +381,6 @@ class AutoencoderKLCogVideoX(LatentSpaceMixin, ModelMixin):
     component_kind = "autoencoder"
     _supports_gradient_checkpointing = True
     _no_split_modules = ["CogVideoXResnetBlock3D"]
-    _known_contract_failures = {
-        "encode_decode_shapes": "time is compressed causally: F frames give 1 + (F - 1) / temporal_compression_ratio "
-                                "latent frames, not F / spatial_compression_ratio (shapes tested in test_cogvideox_vae.py)",
-    }
 
     @register_to_config
     def __init__(
@@ -436,6 +457,15 @@ class AutoencoderKLCogVideoX(LatentSpaceMixin, ModelMixin):
 
     def disable_tiling(self) -> None:
         self.use_tiling = False
+
+    def num_latent_frames(self, num_frames: int) -> int:
+        """How many latent frames :meth:`encode` gives for a video of ``num_frames`` frames."""
+        return cogvideox_latent_frames(num_frames, self.temporal_compression_ratio, self.num_sample_frames_batch_size)
+
+    def num_decoded_frames(self, latent_frames: int) -> int:
+        """How many frames :meth:`decode` gives for ``latent_frames`` latent frames."""
+        return cogvideox_decoded_frames(latent_frames, self.temporal_compression_ratio,
+                                        self.num_latent_frames_batch_size)
 
     # ------------------------------------------------------------------ frame-batched passes
     def _encode_frames(self, x: torch.Tensor) -> torch.Tensor:
