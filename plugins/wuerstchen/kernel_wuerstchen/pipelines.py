@@ -30,6 +30,7 @@ from kernel_stable_cascade.pipeline_combined import StableCascadeCombinedPipelin
 from kernel_stable_cascade.pipeline_common import prompt_list
 from kernel_stable_cascade.pipeline_decoder import StableCascadeDecoderPipeline
 from kernel_stable_cascade.pipeline_prior import StableCascadePriorPipeline
+from kernel_wuerstchen.lora import WuerstchenPriorLoraLoaderMixin
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +141,9 @@ def _check_negative_prompts(call: SimpleNamespace, prompts: int) -> None:
                              "one negative prompt, or one per prompt")
 
 
-class WuerstchenPriorPipeline(_WuerstchenText, StableCascadePriorPipeline):
-    """Stage C: text -> image embeddings for :class:`WuerstchenDecoderPipeline` (Diffusers' arguments and defaults)."""
+class WuerstchenPriorPipeline(WuerstchenPriorLoraLoaderMixin, _WuerstchenText, StableCascadePriorPipeline):
+    """Stage C: text -> image embeddings for :class:`WuerstchenDecoderPipeline` (Diffusers' arguments and defaults);
+    LoRA in the prior and the text encoder through :class:`kernel_wuerstchen.lora.WuerstchenPriorLoraLoaderMixin`."""
 
     pipeline_family = "wuerstchen"
     unet_name = "prior"
