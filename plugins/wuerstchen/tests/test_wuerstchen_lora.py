@@ -122,11 +122,15 @@ def test_our_saved_file_loads_in_diffusers(tmp_path):
 
 
 def test_fuse_and_unfuse():
-    _, ours = pipes()
+    ref, ours = pipes()
     plain = embeddings(ours)
+    ref.load_lora_weights(tiny_lora(ours), adapter_name="toy")
+    with pytest.raises(ValueError, match="unet"):  # Diffusers' default components=["unet", "text_encoder"]
+        ref.fuse_lora()
     ours.load_lora_weights(tiny_lora(ours), adapter_name="toy")
     with_lora = embeddings(ours)
-    ours.fuse_lora()
+    ours.fuse_lora()  # here: every LoRA component (the prior and the text encoder)
+    assert ours.num_fused_loras == 1
     assert rel(embeddings(ours), with_lora) < 1e-5
     ours.unfuse_lora()
     ours.unload_lora_weights()
