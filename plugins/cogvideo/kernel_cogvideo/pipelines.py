@@ -96,6 +96,28 @@ class CogVideoXPipeline(DiffusionPipeline):
         self.vae_scale_factor = self.vae_scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
 
+    def _decoded_frames(self, latent_frames: int) -> int:
+        """Frames the VAE decodes ``latent_frames`` into (its own count where it offers one, else the causal rule)."""
+        count = getattr(self.vae, "num_decoded_frames", None)
+        if count is not None:
+            return count(latent_frames)
+        return 1 + (latent_frames - 1) * self.vae_scale_factor_temporal
+
+    def _check_frame_count(self, what: str, frames: int) -> int:
+        """The latent frames of ``frames`` frames; a ``ValueError`` where the VAE would not give ``frames`` frames back
+        (Diffusers returns another number of frames then: 6 -> 8 with 4x temporal compression and batches of 2)."""
+        latent_frames = (frames - 1) // self.vae_scale_factor_temporal + 1
+        got = self._decoded_frames(latent_frames)
+        if got != frames:
+            accepted = sorted({self._decoded_frames(f) for f in range(1, max(latent_frames + 3, 7))})
+            below = max(a for a in accepted if a < frames)
+            above = min(a for a in accepted if a > frames)
+            raise ValueError(f"{what} gives {latent_frames} latent frames, which the VAE decodes to {got} frames: pass a "
+                             f"frame count it returns unchanged ({', '.join(map(str, accepted[:6]))}, ...: "
+                             f"1 + {self.vae_scale_factor_temporal}k for odd latent frame counts, "
+                             f"{self.vae_scale_factor_temporal}k for even ones); the nearest are {below} and {above}")
+        return latent_frames
+
     # ---------------------------------------------------------------- prompts
     def _t5_embeds(self, prompt, num_videos_per_prompt: int, max_sequence_length: int, device, dtype):
         return t5_prompt_embeds(self.tokenizer, self.text_encoder, prompt, max_sequence_length, num_videos_per_prompt,
@@ -158,7 +180,7 @@ class CogVideoXPipeline(DiffusionPipeline):
                                  f"covers exactly max_text_seq_length={cfg.max_text_seq_length} text tokens")
         check_prompts({"prompt": call.prompt}, call.prompt_embeds, {"negative_prompt": call.negative_prompt},
                       call.negative_prompt_embeds)
-        call.latent_frames = (call.num_frames - 1) // self.vae_scale_factor_temporal + 1
+        call.latent_frames = self._check_frame_count(f"num_frames={call.num_frames}", call.num_frames)
         pt = cfg.patch_size_t
         call.additional_frames = (pt - call.latent_frames % pt) % pt if pt is not None else 0
         call.latent_frames += call.additional_frames
@@ -293,6 +315,9 @@ class CogVideoXVideoToVideoPipeline(CogVideoXPipeline):
             raise ValueError("video is required: a list of frames (PIL images, arrays or tensors), or pass latents")
         if call.video is not None and call.latents is not None:
             raise ValueError("pass either video or latents, not both")
+        if call.video is not None and (len(call.video) == 0 if isinstance(call.video, (list, tuple))
+                                       else 0 in tuple(getattr(call.video, "shape", (1,)))):
+            raise ValueError("video is empty: pass at least one frame (1 + 4k frames for 4x temporal compression)")
         call.num_frames = 1  # set from the video (or the latents) below, once the size is known
         super()._prepare(call)
         if call.latents is not None:
@@ -300,7 +325,7 @@ class CogVideoXVideoToVideoPipeline(CogVideoXPipeline):
         else:
             call.pixels = self.video_processor.preprocess_video(call.video, height=call.height, width=call.width)
             call.num_frames = call.pixels.shape[2]
-            call.latent_frames = (call.num_frames - 1) // self.vae_scale_factor_temporal + 1
+            call.latent_frames = self._check_frame_count(f"video has {call.num_frames} frames; it", call.num_frames)
         pt = self.transformer.config.patch_size_t
         if pt is not None and call.latent_frames % pt:
             raise ValueError(f"the video gives {call.latent_frames} latent frames, which patch_size_t={pt} does not "
@@ -466,7 +491,7 @@ class CogVideoXFunControlPipeline(CogVideoXPipeline):
         else:
             call.control_pixels = self.video_processor.preprocess_video(video, height=call.height, width=call.width)
             frames = call.control_pixels.shape[2]
-            call.latent_frames = (frames - 1) // self.vae_scale_factor_temporal + 1
+            call.latent_frames = self._check_frame_count(f"control_video has {frames} frames; it", frames)
         pt = self.transformer.config.patch_size_t
         if pt is not None and call.latent_frames % pt:
             raise ValueError(f"the control video gives {call.latent_frames} latent frames, which patch_size_t={pt} does "

@@ -70,7 +70,7 @@ def tiny_pipeline():
 
 def pipeline_inputs(pipe, batch_size, generator):
     prompts = ("a cat", "the dog", "a photo")
-    return dict(prompt=[prompts[i % 3] for i in range(batch_size)], num_frames=5, height=fx.SIZE, width=fx.SIZE,
+    return dict(prompt=[prompts[i % 3] for i in range(batch_size)], num_frames=8, height=fx.SIZE, width=fx.SIZE,
                 num_inference_steps=2, max_sequence_length=16, generator=generator)
 
 
@@ -91,7 +91,7 @@ def tiny_video2video():
 
 def video_inputs(pipe, batch_size, generator):
     prompts = ("a cat", "the dog", "a photo")
-    return dict(video=fx.video(frames=5), prompt=[prompts[i % 3] for i in range(batch_size)], height=fx.SIZE,
+    return dict(video=fx.video(frames=8), prompt=[prompts[i % 3] for i in range(batch_size)], height=fx.SIZE,
                 width=fx.SIZE, num_inference_steps=2, strength=0.6, max_sequence_length=16, generator=generator)
 
 
@@ -109,7 +109,7 @@ def tiny_image2video():
 
 def image_inputs(pipe, batch_size, generator):
     prompts = ("a cat", "the dog", "a photo")
-    return dict(image=fx.video(frames=1)[0], prompt=[prompts[i % 3] for i in range(batch_size)], num_frames=5,
+    return dict(image=fx.video(frames=1)[0], prompt=[prompts[i % 3] for i in range(batch_size)], num_frames=8,
                 height=fx.SIZE, width=fx.SIZE, num_inference_steps=2, max_sequence_length=16, generator=generator)
 
 
@@ -127,7 +127,7 @@ def tiny_fun_control():
 
 def control_inputs(pipe, batch_size, generator):
     prompts = ("a cat", "the dog", "a photo")
-    return dict(control_video=fx.video(frames=5), prompt=[prompts[i % 3] for i in range(batch_size)], height=fx.SIZE,
+    return dict(control_video=fx.video(frames=8), prompt=[prompts[i % 3] for i in range(batch_size)], height=fx.SIZE,
                 width=fx.SIZE, num_inference_steps=2, max_sequence_length=16, generator=generator)
 
 

@@ -41,7 +41,7 @@ def _args(**kw):
     {"negative_prompt": "the dog", "use_dynamic_cfg": True, "num_inference_steps": 3},
     {"guidance_scale": 1.0, "strength": 1.0},
     {"prompt": ["a cat", "the dog"]},
-    {"output_type": "latent", "video": fx.video(frames=5, seed=3)},
+    {"output_type": "latent", "video": fx.video(frames=8, seed=3)},
 ], ids=["default", "strength", "negative-dynamic-cfg", "no-cfg", "batch", "latent"])
 def test_matches_diffusers(kw):
     pipe, ref = _pipes()
