@@ -80,7 +80,8 @@ class TestCogVideoXPipelineContracts(PipelineContract):
     # "pil" is a list (per video) of frame lists, which the contract's image check does not take; it is
     # tested in test_cogvideox_pipeline.py.
     contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"output_type": "not-an-output-type"},
-                                           {"num_frames": 0}, {"height": 12}],
+                                           {"num_frames": 0}, {"height": 12},
+                                           {"num_frames": 6}],
                         "output_types": ("np", "pt", "latent")}
 
 
@@ -98,7 +99,8 @@ def video_inputs(pipe, batch_size, generator):
 class TestCogVideoXVideoToVideoPipelineContracts(PipelineContract):
     component = staticmethod(tiny_video2video)
     contract_inputs = staticmethod(video_inputs)
-    contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"strength": 2.0}, {"video": None}],
+    contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"strength": 2.0}, {"video": None},
+                                           {"video": []}, {"video": fx.video(frames=6)}],
                         "output_types": ("np", "pt", "latent")}
 
 
@@ -116,7 +118,8 @@ def image_inputs(pipe, batch_size, generator):
 class TestCogVideoXImageToVideoPipelineContracts(PipelineContract):
     component = staticmethod(tiny_image2video)
     contract_inputs = staticmethod(image_inputs)
-    contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"image": None}, {"num_frames": 0}],
+    contract_options = {"invalid_inputs": [{"num_videos_per_prompt": 0}, {"image": None}, {"num_frames": 0},
+                                           {"num_frames": 12}],
                         "output_types": ("np", "pt", "latent")}
 
 
