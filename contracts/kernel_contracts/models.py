@@ -5,7 +5,8 @@ The plugin supplies a tiny instance (``component`` = a factory) and example inpu
 arguments of ``forward`` (denoisers: ``sample``, ``timestep``, ``encoder_hidden_states`` ...;
 autoencoders: ``{"x": images}``).  Examples draw the batch size and the seed.
 
-Declarations: ``atol`` (batch independence, default 1e-4; slicing and the latent normalisation
+Declarations: ``channel_dim`` (denoisers whose channels are not at dim 1, e.g. frames-first video
+``(B, F, C, H, W)``: 2), ``atol`` (batch independence, default 1e-4; slicing and the latent normalisation
 round trip, default 1e-5), ``dtypes`` (default
 ``(torch.float32, torch.bfloat16)``), ``tiling_atol`` (default 1e-4), ``compile`` (run the
 ``torch.compile(fullgraph=True)`` contract; on in the ``thorough`` profile or with
@@ -100,14 +101,26 @@ def _sample_of(inputs: dict) -> torch.Tensor:
 # --------------------------------------------------------------------------- denoiser
 @contract("denoiser", "output_shape", examples=model_examples, budget=MODEL_BUDGET)
 def output_shape(subject: Subject, ex: dict, opts: dict) -> None:
-    """Output is ``(B, out_channels, *S)`` for ``(B, in_channels, *S)`` (channels-last ``(B, N, C)`` for packed tokens)."""
+    """Output is ``(B, out_channels, *S)`` for ``(B, in_channels, *S)`` (channels-last ``(B, N, C)`` for packed tokens).
+
+    Frames-first video denoisers (``(B, F, C, H, W)``) declare the channel axis: ``channel_dim=2``."""
     model = model_of(subject)
     inputs = inputs_for(subject, opts, model, ex)
     x, y = _sample_of(inputs), forward(model, inputs)
     cfg = model.config
     out_ch = cfg.get("out_channels") or cfg.get("in_channels")
     packed = x.ndim == 3 and x.shape[-1] == cfg.get("in_channels")
-    expected = (x.shape[0], *x.shape[1:-1], out_ch) if packed else (x.shape[0], out_ch, *x.shape[2:])
+    dim = opts.get("channel_dim")
+    if dim is not None:
+        assert x.shape[dim] == cfg.get("in_channels"), (
+            f"input {tuple(x.shape)} has {x.shape[dim]} channels at the declared channel_dim={dim}; "
+            f"in_channels={cfg.get('in_channels')}"
+        )
+        expected = (*x.shape[:dim], out_ch, *x.shape[dim + 1:])
+    elif packed:
+        expected = (x.shape[0], *x.shape[1:-1], out_ch)
+    else:
+        expected = (x.shape[0], out_ch, *x.shape[2:])
     assert tuple(y.shape) == tuple(expected), f"output shape {tuple(y.shape)}; expected {tuple(expected)} for input {tuple(x.shape)}"
 
 

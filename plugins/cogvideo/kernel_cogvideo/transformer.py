@@ -112,10 +112,6 @@ class CogVideoXTransformer3DModel(JointAttentionSwitches, ModelMixin):
     _no_split_modules = ["CogVideoXBlock", "CogVideoXPatchEmbed"]
     _skip_layerwise_casting_patterns = ["patch_embed", "norm"]
     _attn_processor_cls = CogVideoXAttnProcessor
-    _known_contract_failures = {
-        "output_shape": "frames-first layout: (B, F, C, H, W) in and out, as Diffusers' CogVideoX (the contract "
-                        "expects channels at dim 1); the shape is checked in test_cogvideox_transformer.py",
-    }
 
     @register_to_config
     def __init__(

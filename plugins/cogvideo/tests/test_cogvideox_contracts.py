@@ -26,6 +26,8 @@ def tiny_transformer():
 
 class TestCogVideoXTransformer3DModelContracts(DenoiserContract):
     component = staticmethod(tiny_transformer)
+    # frames-first (B, F, C, H, W) in and out, as Diffusers' CogVideoX: channels at dim 2, frames kept
+    contract_options = {"channel_dim": 2}
 
     @staticmethod
     def contract_inputs(model, batch_size, generator):
