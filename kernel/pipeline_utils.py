@@ -8,10 +8,13 @@ the family plugins import these; family-specific rules (prompt encoders, pooled 
 from __future__ import annotations
 
 import inspect
+import logging
 import numbers
 from typing import Any, Mapping, Sequence
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "OUTPUT_TYPES",
@@ -187,6 +190,16 @@ def batch_size_of(prompt, prompt_embeds) -> int:
     if isinstance(prompt, list):
         return len(prompt)
     return prompt_embeds.shape[0]
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int | None = None):
+    """``prompts`` padded and truncated to ``max_length`` tokens (the tokenizer's own length by default), as
+    tensors with the attention mask; a warning is logged when a prompt had to be cut."""
+    length = max_length or tokenizer.model_max_length
+    inputs = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    if tokenizer(prompts, padding="longest", return_tensors="pt").input_ids.shape[-1] > length:
+        logger.warning("prompts longer than %d tokens were truncated", length)
+    return inputs
 
 
 def effective_batch(prompt, prompt_embeds, num_images_per_prompt: Any) -> int:

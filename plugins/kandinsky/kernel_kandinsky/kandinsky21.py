@@ -12,7 +12,6 @@ is the 2.2 decoder's (:class:`~kernel_kandinsky.decoder.KandinskyV22DecoderBase`
 
 from __future__ import annotations
 
-import logging
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -20,12 +19,12 @@ import PIL.Image
 import torch
 
 from kernel.engine import Conditioning
+from kernel.pipeline_utils import tokenize
 
 from kernel_kandinsky.decoder import KandinskyV22DecoderBase, KandinskyV22Img2ImgPipeline, KandinskyV22InpaintPipeline
 from kernel_kandinsky.outputs import KandinskyPriorPipelineOutput
 from kernel_kandinsky.prior import KandinskyV22PriorPipeline, _prompt_list
 
-logger = logging.getLogger(__name__)
 
 #: 2.1's decoder tokenises every prompt to this many tokens (whatever the tokenizer's own limit).
 TEXT_TOKENS = 77
@@ -122,11 +121,7 @@ class KandinskyPipeline(_DiffusersIndexNames, KandinskyV22DecoderBase):
     def encode_prompt(self, prompt: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(prompt_embeds, text_encoder_hidden_states, text_mask)`` of ``prompt`` (77 tokens each)."""
         prompt = _prompt_list(prompt, "prompt")
-        tok = self.tokenizer
-        inputs = tok(prompt, padding="max_length", max_length=TEXT_TOKENS, truncation=True,
-                     return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
-        if tok(prompt, padding="longest", return_tensors="pt").input_ids.shape[-1] > TEXT_TOKENS:
-            logger.warning("prompts longer than %d tokens were truncated", TEXT_TOKENS)
+        inputs = tokenize(self.tokenizer, prompt, TEXT_TOKENS)
         mask = inputs.attention_mask.to(device)
         embeds, hidden = self.text_encoder(input_ids=inputs.input_ids.to(device), attention_mask=mask)
         return embeds, hidden, mask

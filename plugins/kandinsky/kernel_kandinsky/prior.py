@@ -13,7 +13,6 @@ black image, or - when ``negative_prompt`` is given - the prior's own sample for
 from __future__ import annotations
 
 import inspect
-import logging
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -21,10 +20,10 @@ import torch
 
 from kernel.engine import Conditioning
 from kernel.pipeline import DiffusionPipeline
+from kernel.pipeline_utils import tokenize
 
 from kernel_kandinsky.outputs import KandinskyPriorPipelineOutput
 
-logger = logging.getLogger(__name__)
 
 PRIOR_OUTPUT_TYPES = ("pt", "np")
 
@@ -91,12 +90,7 @@ class KandinskyV22PriorPipeline(DiffusionPipeline):
 
     def _encode_text(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(text_embeds, last_hidden_state, mask)`` of ``prompts``, padded to the tokenizer's length."""
-        tok = self.tokenizer
-        inputs = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                     return_tensors="pt")
-        full = tok(prompts, padding="longest", return_tensors="pt").input_ids
-        if full.shape[-1] > inputs.input_ids.shape[-1]:
-            logger.warning("prompts longer than %d tokens were truncated", tok.model_max_length)
+        inputs = tokenize(self.tokenizer, prompts)
         out = self.text_encoder(inputs.input_ids.to(device))
         return out.text_embeds, out.last_hidden_state, inputs.attention_mask.bool().to(device)
 

@@ -17,16 +17,14 @@ The hooks a subclass overrides (Würstchen's pipelines reuse these classes this 
 
 from __future__ import annotations
 
-import logging
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from kernel.pipeline import DiffusionPipeline
-from kernel.pipeline_utils import batch_size_of
+from kernel.pipeline_utils import batch_size_of, tokenize
 
-logger = logging.getLogger(__name__)
 
 
 def prompt_list(value: Any, name: str) -> list[str]:
@@ -38,9 +36,9 @@ def prompt_list(value: Any, name: str) -> list[str]:
     raise ValueError(f"{name} must be a str or a non-empty list of str, got {type(value).__name__}")
 
 
-def check_text_inputs(call: SimpleNamespace) -> None:
-    """Diffusers' prompt rules: ``prompt`` xor ``prompt_embeds``, ``negative_prompt`` xor ``negative_prompt_embeds``,
-    each embedding with its pooled one, equal shapes on both sides, one negative prompt per prompt."""
+def check_prompt_sources(call: SimpleNamespace) -> None:
+    """``prompt`` (a str or a non-empty list of str) xor ``prompt_embeds``; ``negative_prompt`` xor
+    ``negative_prompt_embeds``."""
     if call.prompt is not None and call.prompt_embeds is not None:
         raise ValueError("pass either prompt or prompt_embeds, not both")
     if call.prompt is None and call.prompt_embeds is None:
@@ -49,6 +47,12 @@ def check_text_inputs(call: SimpleNamespace) -> None:
         prompt_list(call.prompt, "prompt")
     if call.negative_prompt is not None and call.negative_prompt_embeds is not None:
         raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
+
+
+def check_text_inputs(call: SimpleNamespace) -> None:
+    """Diffusers' prompt rules: :func:`check_prompt_sources`, each embedding with its pooled one, equal shapes on
+    both sides, one negative prompt per prompt."""
+    check_prompt_sources(call)
     for name in ("prompt_embeds", "prompt_embeds_pooled", "negative_prompt_embeds", "negative_prompt_embeds_pooled"):
         value = getattr(call, name)
         if value is not None and not isinstance(value, torch.Tensor):
@@ -105,12 +109,7 @@ class _CascadeStage(StageAEntry, DiffusionPipeline):
         """``(token states (B, L, C), pooled (B, 1, C))`` of ``prompts``: the last hidden state before the final
         layer norm and the projected pooled output of a ``CLIPTextModelWithProjection``, tokens padded to the
         tokenizer's length with their attention mask."""
-        tok = self.tokenizer
-        inputs = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                     return_tensors="pt")
-        full = tok(prompts, padding="longest", return_tensors="pt").input_ids
-        if full.shape[-1] > inputs.input_ids.shape[-1]:
-            logger.warning("prompts longer than %d tokens were truncated", tok.model_max_length)
+        inputs = tokenize(self.tokenizer, prompts)
         out = self.text_encoder(inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device),
                                 output_hidden_states=True)
         return out.hidden_states[-1], out.text_embeds.unsqueeze(1)

@@ -13,7 +13,6 @@ guidance, callbacks); this module supplies only the hooks that differ.
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -25,14 +24,13 @@ import torch
 
 from kernel.engine import Conditioning
 from kernel.outputs import BaseOutput
-from kernel.pipeline_utils import batch_size_of
+from kernel.pipeline_utils import batch_size_of, tokenize
 from kernel_stable_cascade.pipeline_combined import StableCascadeCombinedPipeline
-from kernel_stable_cascade.pipeline_common import prompt_list
+from kernel_stable_cascade.pipeline_common import check_prompt_sources, prompt_list
 from kernel_stable_cascade.pipeline_decoder import StableCascadeDecoderPipeline
 from kernel_stable_cascade.pipeline_prior import StableCascadePriorPipeline
 from kernel_wuerstchen.lora import WuerstchenPriorLoraLoaderMixin
 
-logger = logging.getLogger(__name__)
 
 #: Diffusers' default prior schedule for the released 1024px model (20 steps down to 2/3, then 10 to 0).
 DEFAULT_STAGE_C_TIMESTEPS = [float(t) for t in np.linspace(1.0, 2 / 3, 20)] + \
@@ -92,12 +90,7 @@ class _WuerstchenText(_WuerstchenEntries):
 
     def _encode_texts(self, prompts: list[str], device) -> torch.Tensor:
         """The final token states ``(B, L, C)`` of ``prompts`` padded to the tokenizer's length (mask passed)."""
-        tok = self.tokenizer
-        inputs = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                     return_tensors="pt")
-        full = tok(prompts, padding="longest", return_tensors="pt").input_ids
-        if full.shape[-1] > inputs.input_ids.shape[-1]:
-            logger.warning("prompts longer than %d tokens were truncated", tok.model_max_length)
+        inputs = tokenize(self.tokenizer, prompts)
         out = self.text_encoder(inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device))
         return out.last_hidden_state
 
@@ -165,14 +158,7 @@ class WuerstchenPriorPipeline(WuerstchenPriorLoraLoaderMixin, _WuerstchenText, S
     # ---------------------------------------------------------------- engine hooks
     def _prepare(self, call: SimpleNamespace) -> None:
         _legacy_callback(call, type(self).__name__)
-        if call.prompt is not None and call.prompt_embeds is not None:
-            raise ValueError("pass either prompt or prompt_embeds, not both")
-        if call.prompt is None and call.prompt_embeds is None:
-            raise ValueError("pass prompt (a str or a list of str) or prompt_embeds")
-        if call.prompt is not None:
-            prompt_list(call.prompt, "prompt")
-        if call.negative_prompt is not None and call.negative_prompt_embeds is not None:
-            raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
+        check_prompt_sources(call)
         width = self.prior.config.c_cond
         self._check_embeds("prompt_embeds", call.prompt_embeds, width)
         self._check_embeds("negative_prompt_embeds", call.negative_prompt_embeds, width)
