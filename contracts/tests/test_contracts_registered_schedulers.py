@@ -118,6 +118,8 @@ OPTIONS: dict[str, dict] = {
     "VQDiffusionScheduler": {"config": {"num_vec_classes": 8}},
     "DDIMInverseScheduler": {"timestep_order": "ascending"},
     "DPMSolverMultistepInverseScheduler": {"timestep_order": "ascending"},
+    # Stable Cascade / Würstchen: n + 1 timestep ratios in [0, 1]; the pipelines evaluate the first n.
+    "DDPMWuerstchenScheduler": {"timestep_range": (0.0, 1.0), "evaluations": lambda n, order: n + 1},
 }
 
 
