@@ -39,7 +39,7 @@ from kernel_unet.unet_2d_condition import broadcast_timesteps
 
 from kernel_animatediff.blocks import DOWN_MOTION_TYPES, CrossAttnDownBlockMotion, DownBlockMotion
 from kernel_animatediff.motion_adapter import per_block
-from kernel_animatediff.unet_motion import _per_frame
+from kernel_animatediff.unet_motion import _per_frame, down_path
 
 
 @dataclass
@@ -259,13 +259,7 @@ class SparseControlNetModel(ModelMixin, AttentionMixin):
 
         attn = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
                     cross_attention_kwargs=cross_attention_kwargs)
-        skips: tuple[torch.Tensor, ...] = (x,)
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                x, res = block(hidden_states=x, temb=emb, num_frames=frames, **attn)
-            else:
-                x, res = block(hidden_states=x, temb=emb, num_frames=frames)
-            skips += res
+        x, skips = down_path(self.down_blocks, x, emb, frames, attn)
         x = self.mid_block(x, emb, **attn)
 
         down = [conv(s) for s, conv in zip(skips, self.controlnet_down_blocks)]

@@ -380,13 +380,7 @@ class UNetMotionModel(ModelMixin, AttentionMixin):
         x = self.conv_in(x)
         attn = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
                     cross_attention_kwargs=cross_attention_kwargs)
-        skips: tuple[torch.Tensor, ...] = (x,)
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                x, res = block(hidden_states=x, temb=emb, num_frames=frames, **attn)
-            else:
-                x, res = block(hidden_states=x, temb=emb, num_frames=frames)
-            skips += res
+        x, skips = down_path(self.down_blocks, x, emb, frames, attn)
         if down_block_additional_residuals is not None:
             skips = tuple(s + r for s, r in zip(skips, down_block_additional_residuals))
 
@@ -424,6 +418,20 @@ class UNetMotionModel(ModelMixin, AttentionMixin):
             raise ValueError("this UNet projects image embeddings (an IP-Adapter is loaded): pass "
                              "added_cond_kwargs={'image_embeds': [...]} (one tensor per adapter), or remove the adapter")
         return [t.repeat_interleave(frames, dim=0) for t in self.encoder_hid_proj(cond["image_embeds"])]
+
+
+def down_path(blocks, x: torch.Tensor, emb: torch.Tensor, frames: int,
+              attn: dict[str, Any]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``x`` through the motion down stages (the cross-attention ones also get ``attn``), with the skips, ``x``
+    first; shared by :class:`UNetMotionModel` and the SparseCtrl net."""
+    skips: tuple[torch.Tensor, ...] = (x,)
+    for block in blocks:
+        if getattr(block, "has_cross_attention", False):
+            x, res = block(hidden_states=x, temb=emb, num_frames=frames, **attn)
+        else:
+            x, res = block(hidden_states=x, temb=emb, num_frames=frames)
+        skips += res
+    return x, skips
 
 
 def _per_frame(x: torch.Tensor, batch: int, frames: int, name: str) -> torch.Tensor:
