@@ -14,10 +14,19 @@ Three changes, each switched on by ``pipe.enable_free_noise(...)`` and off by ``
 The numbers follow Diffusers 0.42's implementation, including its handling of a last window that does not
 end on the last frame, and of ``noise_type="repeat_context"`` (which draws noise for every frame, so it
 gives the same noise as ``"random"``).
+
+For long videos ``pipe.enable_free_noise_split_inference(spatial_split_size=256, temporal_split_size=16)`` lowers
+peak memory: the motion modules' ``proj_in``, temporal blocks and ``proj_out`` run on at most
+``spatial_split_size`` pixel sequences (rows of ``(B*H*W, F, C)``) at a time, the spatial attentions, ResNets and
+down/up samplers on at most ``temporal_split_size`` frames (rows of ``(B*F, ...)``); each row is computed exactly as
+before, so the output does not change.  Each such module's ``forward`` is replaced on the instance by a
+:class:`SplitInference` (parameter names and the state dict stay as they are); ``disable_free_noise()`` removes them
+(Diffusers 0.42 has no ``disable_free_noise_split_inference``).
 """
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -132,6 +141,78 @@ def _as_frame_prompts(value: Any, name: str, num_frames: int) -> dict[int, str]:
     return value
 
 
+class SplitInference:
+    """A module's forward run in chunks of ``split_size`` rows (dim 0), the outputs concatenated.
+
+    Installed as ``module.forward`` (:func:`enable_split_inference`).  The arguments named in ``names`` (positional
+    or keyword, as the module's forward names them) that are tensors with as many rows as the first of them are
+    split; every other argument goes to each chunk unchanged.  ``calls`` and ``chunks`` count what ran.
+    """
+
+    def __init__(self, module: torch.nn.Module, split_size: int, names: tuple[str, ...]):
+        self.original = module.forward
+        self.signature = inspect.signature(self.original)
+        self.split_size, self.names = split_size, tuple(names)
+        self.calls = self.chunks = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self.signature.bind(*args, **kwargs)
+        tensors = {n: bound.arguments[n] for n in self.names if torch.is_tensor(bound.arguments.get(n))}
+        self.calls += 1
+        rows = next(iter(tensors.values())).shape[0] if tensors else 0
+        if rows <= self.split_size:
+            self.chunks += 1
+            return self.original(*args, **kwargs)
+        pieces = {n: v.split(self.split_size) for n, v in tensors.items() if v.shape[0] == rows}
+        results = []
+        for chunk in zip(*pieces.values()):
+            bound.arguments.update(zip(pieces, chunk))
+            results.append(self.original(*bound.args, **bound.kwargs))
+        self.chunks += len(results)
+        return _concat_rows(results)
+
+
+def _concat_rows(results: list) -> Any:
+    first = results[0]
+    if torch.is_tensor(first):
+        return torch.cat(results)
+    if first is None:
+        return None
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat_rows(list(parts)) for parts in zip(*results))
+    raise TypeError(f"split inference can only concatenate tensors or tuples of tensors, got {type(first).__name__}")
+
+
+def _split(module: torch.nn.Module, size: int, names: tuple[str, ...]) -> None:
+    module.forward = SplitInference(module, size, names)
+
+
+def disable_split_inference(model: torch.nn.Module) -> None:
+    """Remove every :class:`SplitInference` installed in ``model``."""
+    for module in model.modules():
+        if isinstance(module.__dict__.get("forward"), SplitInference):
+            del module.forward
+
+
+def enable_split_inference(unet: torch.nn.Module, spatial_split_size: int, temporal_split_size: int) -> None:
+    """Split inference on the stages of a :class:`UNetMotionModel` (the modules Diffusers 0.42 splits)."""
+    disable_split_inference(unet)
+    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
+        if block is None:
+            continue
+        for motion in getattr(block, "motion_modules", None) or ():
+            _split(motion.proj_in, spatial_split_size, ("input",))
+            for temporal in motion.transformer_blocks:
+                _split(temporal, spatial_split_size, ("hidden_states", "encoder_hidden_states"))
+            _split(motion.proj_out, spatial_split_size, ("input",))
+        for attn in getattr(block, "attentions", None) or ():
+            _split(attn, temporal_split_size, ("hidden_states", "encoder_hidden_states"))
+        for resnet in getattr(block, "resnets", None) or ():
+            _split(resnet, temporal_split_size, ("input_tensor", "temb"))
+        for sampler in [*(getattr(block, "downsamplers", None) or ()), *(getattr(block, "upsamplers", None) or ())]:
+            _split(sampler, temporal_split_size, ("hidden_states",))
+
+
 class FreeNoiseMixin:
     """``enable_free_noise`` / ``disable_free_noise`` for the AnimateDiff pipelines (see the module docstring)."""
 
@@ -160,8 +241,19 @@ class FreeNoiseMixin:
         self.unet.set_free_noise(context_length, context_stride, weighting_scheme)
 
     def disable_free_noise(self) -> None:
+        """FreeNoise off, and split inference (:meth:`enable_free_noise_split_inference`) off too."""
         self._free_noise = None
         self.unet.set_free_noise(None)
+        disable_split_inference(self.unet)
+
+    def enable_free_noise_split_inference(self, spatial_split_size: int = 256, temporal_split_size: int = 16) -> None:
+        """Lower peak memory: motion modules on at most ``spatial_split_size`` pixel sequences at a time, spatial
+        attentions / ResNets / samplers on at most ``temporal_split_size`` frames; same output.  Calling it again
+        replaces the sizes; ``disable_free_noise()`` turns it off."""
+        for name, value in (("spatial_split_size", spatial_split_size), ("temporal_split_size", temporal_split_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        enable_split_inference(self.unet, spatial_split_size, temporal_split_size)
 
     @property
     def free_noise_enabled(self) -> bool:
