@@ -64,6 +64,25 @@ def test_matches_diffusers_and_unsplit(t2v):
     assert not _wrappers(ours.unet)
 
 
+def test_video_to_video_matches_diffusers():
+    pair = fx.pipelines("AnimateDiffVideoToVideoPipeline")
+    theirs, ours = pair
+    args = dict(video=fx.video(frames=10), prompt={0: "a cat", 5: "a dog"}, height=fx.SIZE, width=fx.SIZE,
+                num_inference_steps=4, strength=0.6, output_type="np")
+    for pipe in pair:
+        pipe.enable_free_noise(context_length=4, context_stride=2)
+        pipe.enable_free_noise_split_inference(spatial_split_size=SPATIAL, temporal_split_size=TEMPORAL)
+    try:
+        got = ours(**args, generator=fx.gen(0)).frames
+        want = theirs(**args, generator=fx.gen(0)).frames
+        resnet = _wrappers(ours.unet)["up_blocks.1.resnets.0"]
+    finally:
+        for pipe in pair:
+            pipe.disable_free_noise()
+    assert resnet.chunks == 3 * resnet.calls > 0
+    assert fx.max_diff(got, want) < 1e-3
+
+
 def test_enabling_again_replaces_the_sizes(t2v):
     _, ours = t2v
     try:
