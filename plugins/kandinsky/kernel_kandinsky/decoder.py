@@ -27,7 +27,7 @@ from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import check_size, repeat_to_batch
 from kernel_autoencoders.image_processor import VaeImageProcessor
 
-from kernel_kandinsky.guidance import VarianceSplitGuidance, learns_variance
+from kernel_kandinsky.guidance import VarianceSplitGuidance, learns_variance, unscaled_model_input
 from kernel_kandinsky.masks import prepare_image_and_keep_mask, resize_pil, shrink_keep_mask
 from kernel_kandinsky.outputs import ImagePipelineOutput
 
@@ -128,8 +128,7 @@ class KandinskyV22DecoderBase(DiffusionPipeline):
     def _added_cond(self, cond: dict) -> dict:
         return {"image_embeds": cond["image_embeds"]}
 
-    def _scale_model_input(self, latents, t):
-        return latents  # as Diffusers' Kandinsky pipelines: the latents go in unscaled, whatever the scheduler
+    _scale_model_input = unscaled_model_input
 
     def _evaluate(self, model_input, timestep, cond, **kwargs):
         return self.unet(model_input, timestep, encoder_hidden_states=None, added_cond_kwargs=self._added_cond(cond),

@@ -14,6 +14,12 @@ import torch
 
 from kernel.guidance import POSITIVE, GuidanceStep
 
+
+def unscaled_model_input(pipe, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The engine's ``_scale_model_input`` for every Kandinsky pipeline: Diffusers' Kandinsky pipelines never call
+    ``scheduler.scale_model_input``, so the latents go to the denoiser unscaled whatever the scheduler."""
+    return latents
+
 LEARNED_VARIANCE = ("learned", "learned_range")
 
 

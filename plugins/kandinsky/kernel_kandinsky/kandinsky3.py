@@ -28,6 +28,7 @@ from kernel.pipeline import DiffusionPipeline
 from kernel.tasks import NoGuidance
 from kernel_autoencoders.image_processor import VaeImageProcessor
 
+from kernel_kandinsky.guidance import unscaled_model_input
 from kernel_kandinsky.outputs import ImagePipelineOutput
 
 MAX_TOKENS = 128
@@ -174,8 +175,7 @@ class Kandinsky3Pipeline(DiffusionPipeline):
         return (call.batch, self.unet.config.in_channels, math.ceil(call.height / f ** 2) * f,
                 math.ceil(call.width / f ** 2) * f)
 
-    def _scale_model_input(self, latents, t):
-        return latents  # as Diffusers' Kandinsky pipelines: the latents go in unscaled, whatever the scheduler
+    _scale_model_input = unscaled_model_input
 
     def _evaluate(self, model_input, timestep, cond, **kwargs):
         return self.unet(model_input, timestep, encoder_hidden_states=cond["prompt_embeds"],

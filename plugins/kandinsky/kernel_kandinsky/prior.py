@@ -22,6 +22,7 @@ from kernel.engine import Conditioning
 from kernel.pipeline import DiffusionPipeline
 from kernel.pipeline_utils import tokenize
 
+from kernel_kandinsky.guidance import unscaled_model_input
 from kernel_kandinsky.outputs import KandinskyPriorPipelineOutput
 
 
@@ -152,8 +153,7 @@ class KandinskyV22PriorPipeline(DiffusionPipeline):
                              f"negative_prompt, x embedding_dim) for this call, got {tuple(call.latents.shape)}")
         return call.latents.to(device=call.device, dtype=call.dtype)
 
-    def _scale_model_input(self, latents, t):
-        return latents  # as Diffusers' Kandinsky pipelines: the latents go in unscaled, whatever the scheduler
+    _scale_model_input = unscaled_model_input
 
     def _evaluate(self, model_input, timestep, cond, **kwargs):
         return self.prior(model_input, timestep=timestep, proj_embedding=cond["prompt_embeds"],
